@@ -1,0 +1,148 @@
+"""The ``halluc-bench`` command line: parses options, configures logging, calls the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from halluc_bench import __version__
+from halluc_bench.config import RunConfig, default_cache_dir
+
+logger = logging.getLogger("halluc_bench")
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# Errors that describe bad input; they are printed as one line instead of a traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, OSError)
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
+
+
+def _name_list(text: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("expected at least one comma-separated name")
+    return names
+
+
+def add_run_command(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``halluc-bench run``: the standard audit."""
+    defaults = RunConfig()
+    parser = subparsers.add_parser(
+        "run",
+        help="run the standard audit (evaluate, unlearn, attack, probe, leaderboard)",
+        description="Run the standard robustness audit. Without --checkpoint it audits the built-in organism, "
+        "a small LLaVA trained on the toy world (built on first use and cached).",
+    )
+    parser.add_argument("--output-dir", type=Path, default=defaults.output_dir,
+                        help="run directory for config, records, checkpoints and leaderboard (default: %(default)s)")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help=f"cache of the toy world and organism (default: $HALLUC_BENCH_CACHE or {default_cache_dir()})")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="local Hugging Face image-text-to-text checkpoint directory to audit (default: the organism)")
+    parser.add_argument("--world", type=Path, default=None,
+                        help="COCO-format folder (annotations/instances_<split>.json, captions_<split>.json, images) "
+                        "to evaluate --checkpoint on (default: the toy world)")
+    parser.add_argument("--methods", type=_name_list, default=defaults.methods,
+                        help="comma-separated unlearning methods (default: %(default)s); see `halluc-bench methods`")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed of every stage (default: %(default)s)")
+    parser.add_argument("--unlearn-steps", type=int, default=defaults.unlearn_steps,
+                        help="optimizer steps of every unlearning method (default: %(default)s)")
+    parser.add_argument("--unlearn-batch-size", type=int, default=defaults.unlearn_batch_size,
+                        help="forget and retain examples per unlearning step (default: %(default)s)")
+    parser.add_argument("--mine-images", type=int, default=defaults.mine_images,
+                        help="training images captioned to mine forget and retain spans (default: %(default)s)")
+    parser.add_argument("--relearn-samples", type=int, default=defaults.relearn_samples,
+                        help="hallucinated captions the relearning attack fine-tunes on (default: %(default)s)")
+    parser.add_argument("--relearn-steps", type=_int_list, default=defaults.relearn_steps,
+                        help="comma-separated optimizer step counts at which the attack is evaluated "
+                        "(default: %(default)s)")
+    parser.add_argument("--relearn-lr", type=float, default=defaults.relearn_learning_rate,
+                        help="learning rate of the relearning attack (default: %(default)s)")
+    parser.add_argument("--trace-probes", type=int, default=defaults.trace_probes,
+                        help="Rademacher probes of the Hessian-trace estimate (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=defaults.threads,
+                        help="torch CPU threads; keep it fixed to reproduce numbers (default: %(default)s)")
+    parser.add_argument("--no-resume", action="store_true",
+                        help="discard records in --output-dir and start over (default: resume)")
+    parser.set_defaults(handler=_handle_run)
+
+
+def _handle_run(args: argparse.Namespace) -> int:
+    from halluc_bench.audit import run_audit
+    from halluc_bench.unlearning.base import UNLEARNERS
+
+    for method in args.methods:
+        UNLEARNERS.get(method)  # fail before any expensive stage
+    config = RunConfig(
+        seed=args.seed,
+        output_dir=args.output_dir,
+        cache_dir=args.cache_dir or default_cache_dir(),
+        checkpoint=args.checkpoint,
+        world=args.world,
+        methods=args.methods,
+        unlearn_steps=args.unlearn_steps,
+        unlearn_batch_size=args.unlearn_batch_size,
+        mine_images=args.mine_images,
+        relearn_samples=args.relearn_samples,
+        relearn_steps=args.relearn_steps,
+        relearn_learning_rate=args.relearn_lr,
+        trace_probes=args.trace_probes,
+        threads=args.threads,
+        resume=not args.no_resume,
+    )
+    run_dir = run_audit(config)
+    print((run_dir / "leaderboard.md").read_text(encoding="utf-8"))
+    print(f"results: {run_dir}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from halluc_bench.tasks.score_cli import add_score_command
+    from halluc_bench.unlearning.cli import add_methods_command
+
+    parser = argparse.ArgumentParser(
+        prog="halluc-bench",
+        description="Audit whether unlearning removed object hallucination from a multimodal LLM or only hid it.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--log-level", default="INFO", choices=LOG_LEVELS,
+                        help="lowest level of log messages printed on stderr (default: %(default)s)")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_run_command(subparsers)
+    add_score_command(subparsers)
+    add_methods_command(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``halluc-bench`` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    quiet_level = max(logging.WARNING, logging.getLevelName(args.log_level))
+    for noisy in ("transformers", "httpx", "urllib3", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(quiet_level)
+    try:
+        return args.handler(args)
+    except USER_ERRORS as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        logger.debug("error details", exc_info=True)
+        print(f"halluc-bench: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("halluc-bench: interrupted; finished cells are kept and a rerun resumes from them", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
