@@ -17,12 +17,12 @@ from tqdm.auto import tqdm
 
 from halluc_bench.config import RunConfig
 from halluc_bench.evaluation import EvaluationSet, build_evaluation_set, evaluate, evaluate_chair, evaluate_pope
-from halluc_bench.models.loader import load_vlm, save_vlm
+from halluc_bench.models.loader import load_vlm
 from halluc_bench.models.vlm import VisionLanguageModel
 from halluc_bench.report.leaderboard import write_leaderboard
 from halluc_bench.results.store import RunDirectory, write_json_atomic
 from halluc_bench.tasks.definitions import load_task_definition
-from halluc_bench.unlearning.data import CAPTION_QUESTION, SpanExample, UnlearningData
+from halluc_bench.unlearning.data import SpanExample, UnlearningData
 from halluc_bench.world.coco import World
 
 logger = logging.getLogger(__name__)
@@ -51,7 +51,10 @@ def run_audit(config: RunConfig) -> Path:
     started = time.perf_counter()
     world, base = resolve_world_and_model(config)
     pope_definition, chair_definition = load_task_definition("pope"), load_task_definition("chair")
-    eval_set = build_evaluation_set(world, config.eval_split, base, pope_definition, chair_definition, config.seed)
+    eval_set = build_evaluation_set(
+        world, config.eval_split, base, pope_definition, chair_definition, config.seed,
+        pope_images=config.pope_images, caption_images=config.caption_images,
+    )
     context = AuditContext(config, run, world, base, eval_set)
     cached(context, f"{BASE}/eval", lambda: evaluate(base, eval_set))
     cached(context, f"{BASE}/probe/trace", lambda: probe_trace(context, base, mined_data(context)))
@@ -112,31 +115,26 @@ def mined_data(context: AuditContext) -> UnlearningData:
 
 
 def mine(context: AuditContext, path: Path) -> dict:
-    from halluc_bench.unlearning.mining import mine_spans
-    from halluc_bench.tasks.chair import make_mention_finder
+    """Caption ``mine_images`` images of the mining split with the base model and split the captions' spans."""
+    from halluc_bench.unlearning.mining import chair_mention_finder, mine_unlearning_data
 
-    config, world = context.config, context.world
+    config, world, chair_definition = context.config, context.world, context.eval_set.chair_definition
     ids = sorted(world.image_ids(config.mine_split))
     ids = sorted(random.Random(config.seed).sample(ids, min(config.mine_images, len(ids))))
-    images = [world.load_image(config.mine_split, image_id) for image_id in ids]
-    pixels = context.base.pixel_values(images)
-    captions = context.base.generate_captions(pixels, CAPTION_QUESTION, max_new_tokens=int(context.eval_set.chair_definition["max_new_tokens"]))
-    find_mentions = make_mention_finder(lemmatizer=context.eval_set.chair_definition["lemmatizer"])
-    examples = [
-        mine_spans(image_id, caption, set(world.objects(config.mine_split, image_id)), find_mentions)
-        for image_id, caption in zip(ids, captions)
-    ]
-    write_json_atomic(path, [_example_to_dict(e) for e in examples])
-    forget = [e for e in examples if e.is_hallucinated]
-    retain = [e for e in examples if not e.is_hallucinated]
-    data_hash = UnlearningData(forget=forget, retain=retain, pixels=dict.fromkeys(ids, torch.empty(0)))
+    data = mine_unlearning_data(
+        context.base, world, config.mine_split, ids,
+        find_mentions=chair_mention_finder(lemmatizer=chair_definition["lemmatizer"]),
+        question=chair_definition["instruction"],
+        max_new_tokens=int(chair_definition["max_new_tokens"]),
+    )
+    write_json_atomic(path, [_example_to_dict(e) for e in (*data.forget, *data.retain)])
     return {
         "images": len(ids),
-        "forget_examples": len(forget),
-        "retain_examples": len(retain),
-        "forget_spans": sum(len(e.forget_spans) for e in forget),
-        "forget_fingerprint": data_hash.fingerprint("forget"),
-        "retain_fingerprint": data_hash.fingerprint("retain"),
+        "forget_examples": len(data.forget),
+        "retain_examples": len(data.retain),
+        "forget_spans": sum(len(e.forget_spans) for e in data.forget),
+        "forget_fingerprint": data.fingerprint("forget"),
+        "retain_fingerprint": data.fingerprint("retain"),
     }
 
 
@@ -185,8 +183,8 @@ def unlearn(context: AuditContext, method: str, data: UnlearningData, model_dir:
     config = context.config
     unlearner = make_unlearner(method, steps=config.unlearn_steps, batch_size=config.unlearn_batch_size, seed=config.seed)
     result = unlearner.unlearn(context.base, data, reference=context.base)
-    save_vlm(result.model, model_dir)
-    return result.to_dict()
+    result.save(model_dir)
+    return result.summary()
 
 
 def relearn_examples(context: AuditContext, data: UnlearningData) -> list[SpanExample]:
@@ -200,11 +198,13 @@ def attack_relearn(context: AuditContext, method: str, unlearned: VisionLanguage
 
     config = context.config
     examples = relearn_examples(context, data)
-    models, info = relearn(
+    checkpoints = relearn(
         unlearned, data, examples, steps=list(config.relearn_steps), learning_rate=config.relearn_learning_rate,
         batch_size=config.relearn_batch_size, seed=config.seed,
     )
-    for steps, attacked in models.items():
+    info = {"sample_hash": checkpoints.info.sample_hash, "retain_hash": checkpoints.info.retain_hash,
+            "learning_rate": config.relearn_learning_rate, "batch_size": checkpoints.info.effective_batch_size}
+    for steps, attacked in checkpoints.items():
         key = f"{method}/relearn/steps={steps}"
         cached(context, key, lambda: {
             "chair": _without_captions(evaluate_chair(attacked, context.eval_set)),
@@ -219,12 +219,15 @@ def _without_captions(chair: dict) -> dict:
 
 def probe_trace(context: AuditContext, vlm: VisionLanguageModel, data: UnlearningData) -> dict:
     """Hutchinson estimate of the Hessian trace of the forget loss at the model's weights."""
-    from halluc_bench.probes.hvp import forget_loss_fn
+    from halluc_bench.probes.losses import forget_loss_fn
     from halluc_bench.probes.trace import hutchinson_trace
 
     config = context.config
     examples = random.Random(config.seed + 2).sample(data.forget, min(config.trace_examples, len(data.forget)))
     loss_fn = forget_loss_fn(vlm, data, examples)
     generator = torch.Generator().manual_seed(config.seed)
-    estimate = hutchinson_trace(vlm.model, loss_fn, n_probes=config.trace_probes, generator=generator)
+    estimate = hutchinson_trace(
+        vlm.model, loss_fn, generator=generator, max_probes=config.trace_probes, min_probes=config.trace_probes,
+        tolerance=0.0,  # a fixed number of probes, so that every model gets the same estimator
+    )
     return {"hessian_trace": estimate.to_dict(), "examples": len(examples)}

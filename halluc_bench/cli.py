@@ -69,8 +69,21 @@ def add_run_command(subparsers: argparse._SubParsersAction) -> None:
                         "(default: %(default)s)")
     parser.add_argument("--relearn-lr", type=float, default=defaults.relearn_learning_rate,
                         help="learning rate of the relearning attack (default: %(default)s)")
+    parser.add_argument("--relearn-batch-size", type=int, default=defaults.relearn_batch_size,
+                        help="captions per relearning step (default: %(default)s)")
+    parser.add_argument("--trace-examples", type=int, default=defaults.trace_examples,
+                        help="forget examples in the fixed batch the Hessian trace is taken on (default: %(default)s)")
+    parser.add_argument("--eval-split", default=defaults.eval_split,
+                        help="split of the world that POPE and CHAIR evaluate on (default: %(default)s)")
+    parser.add_argument("--mine-split", default=defaults.mine_split,
+                        help="split of the world whose images are captioned to mine forget and retain data "
+                        "(default: %(default)s)")
     parser.add_argument("--trace-probes", type=int, default=defaults.trace_probes,
                         help="Rademacher probes of the Hessian-trace estimate (default: %(default)s)")
+    parser.add_argument("--pope-images", type=int, default=None,
+                        help="images per POPE strategy, 6 questions each (default: the POPE task definition's count)")
+    parser.add_argument("--caption-images", type=int, default=None,
+                        help="evaluation images captioned for CHAIR (default: the CHAIR task definition's count)")
     parser.add_argument("--threads", type=int, default=defaults.threads,
                         help="torch CPU threads; keep it fixed to reproduce numbers (default: %(default)s)")
     parser.add_argument("--no-resume", action="store_true",
@@ -97,7 +110,13 @@ def _handle_run(args: argparse.Namespace) -> int:
         relearn_samples=args.relearn_samples,
         relearn_steps=args.relearn_steps,
         relearn_learning_rate=args.relearn_lr,
+        relearn_batch_size=args.relearn_batch_size,
+        trace_examples=args.trace_examples,
+        eval_split=args.eval_split,
+        mine_split=args.mine_split,
         trace_probes=args.trace_probes,
+        pope_images=args.pope_images,
+        caption_images=args.caption_images,
         threads=args.threads,
         resume=not args.no_resume,
     )

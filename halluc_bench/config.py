@@ -37,6 +37,8 @@ class RunConfig:
     relearn_batch_size: int = 8
     trace_probes: int = 32  # Rademacher probes of the Hutchinson Hessian-trace estimate
     trace_examples: int = 32  # forget examples in the fixed batch the trace is taken on
+    pope_images: int | None = None  # images per POPE strategy; None takes the task definition's count
+    caption_images: int | None = None  # images captioned for CHAIR; None takes the task definition's count
     threads: int = 2  # torch CPU threads; fixed so that results are reproducible
     resume: bool = True
 
@@ -47,6 +49,10 @@ class RunConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("pope_images", "caption_images"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
         if not self.methods:
             raise ValueError("methods is empty; name at least one unlearning method")
         if len(set(self.methods)) != len(self.methods):

@@ -46,17 +46,22 @@ def build_evaluation_set(
     pope_definition: TaskDefinition,
     chair_definition: TaskDefinition,
     seed: int,
+    pope_images: int | None = None,
+    caption_images: int | None = None,
 ) -> EvaluationSet:
-    """Build POPE questions and pick caption images from ``split``, and preprocess their pixels once."""
+    """Build POPE questions and pick caption images from ``split``, and preprocess their pixels once.
+
+    ``pope_images`` and ``caption_images`` override the image counts of the task definitions.
+    """
     coco = world.coco(split)
     id_by_file = {image["file_name"]: image_id for image_id, image in coco.imgs.items()}
     questions, question_image_ids = {}, {}
     for strategy in pope_definition["strategies"]:
-        records = pope.build_pope(coco, strategy=strategy, n_images=pope_definition["images"], seed=seed)
+        records = pope.build_pope(coco, strategy=strategy, n_images=pope_images or pope_definition["images"], seed=seed)
         questions[strategy] = records
         question_image_ids[strategy] = [id_by_file[record["image"]] for record in records]
     all_ids = sorted(world.image_ids(split))
-    count = min(int(chair_definition["images"]), len(all_ids))
+    count = min(int(caption_images or chair_definition["images"]), len(all_ids))
     caption_ids = sorted(random.Random(seed).sample(all_ids, count))
     needed = sorted(set(caption_ids).union(*question_image_ids.values()))
     images = [world.load_image(split, image_id) for image_id in needed]

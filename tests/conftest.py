@@ -80,3 +80,14 @@ def tiny_images():
 
     colours = [(220, 30, 30), (30, 30, 220), (30, 200, 30), (240, 240, 240)]
     return [Image.new("RGB", (16, 16), colour) for colour in colours]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def single_torch_thread():
+    """Run tests on one torch thread: tiny models run faster that way, and timings do not depend on the core count."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -35,8 +35,8 @@ def gaussian_weight_noise(
     """Return ``draws`` copies of ``vlm`` with relative Gaussian noise added to the chosen weights.
 
     ``params`` is a name filter ("all", "language_model", "vision_tower", "multi_modal_projector"
-    or a regular expression); every floating-point parameter it matches is perturbed, frozen
-    ones included (biases and norm weights too, each relative to its own norm). Draws come one
+    or a regular expression). Every floating-point parameter it matches is perturbed, frozen
+    ones, biases and norm weights included, each relative to its own norm. Draws come one
     after the other from one generator seeded with ``seed``. ``vlm`` is not changed.
     """
     if sigma < 0:

@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 from tqdm.auto import tqdm
 
-from halluc_bench.models.training import TrainingData, TrainingExample
+from halluc_bench.models.training_data import TrainingData, TrainingExample
 from halluc_bench.models.vlm import VisionLanguageModel
 from halluc_bench.unlearning.data import CAPTION_QUESTION
 from halluc_bench.world.captions import article

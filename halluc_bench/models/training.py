@@ -1,9 +1,8 @@
 """The organism's training loop: captions and yes/no answers, from scratch, resumable.
 
-Every step draws one batch of caption examples and yes/no examples. The batch's data order
-depends only on the training seed and the step number (one seeded ``torch.Generator`` per
-step), so a run that resumes from a checkpoint draws the same batches as one that never
-stopped. A checkpoint (model, optimizer, step and RNG state) is written atomically every
+Every step draws one batch of caption examples and yes/no examples. The draw depends only
+on the training seed and the step number (one seeded ``torch.Generator`` per step), so a run
+that resumes from a checkpoint draws the same batches as one that never stopped. A checkpoint (model, optimizer, step and RNG state) is written atomically every
 ``checkpoint_every`` steps and at the end.
 """
 
@@ -12,52 +11,24 @@ from __future__ import annotations
 import logging
 import math
 import os
+import pickle
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from halluc_bench.models.vlm import IGNORE_INDEX, TokenBatch, VisionLanguageModel, token_log_probs
+from halluc_bench.models.training_data import TokenizedExamples, TrainingData, draw_rows
+from halluc_bench.models.vlm import VisionLanguageModel, token_log_probs
 
 logger = logging.getLogger(__name__)
 
-ExampleKind = Literal["caption", "yes_no"]
 LossWeighting = Literal["example", "token"]
 Schedule = Literal["cosine", "constant"]
 CHECKPOINT_FORMAT = 1  # bump when the checkpoint layout changes
-
-
-@dataclass(frozen=True)
-class TrainingExample:
-    """One training pair: a question about image ``image`` and the target answer."""
-
-    image: int  # row of ``TrainingData.pixel_values``
-    question: str
-    target: str
-    kind: ExampleKind
-
-
-@dataclass
-class TrainingData:
-    """Preprocessed pixels of every training image plus the caption and yes/no examples that use them."""
-
-    pixel_values: torch.Tensor  # (images, 3, height, width)
-    captions: Sequence[TrainingExample]
-    yes_no: Sequence[TrainingExample] = ()
-
-    def __post_init__(self) -> None:
-        if not self.captions:
-            raise ValueError("training data holds no caption examples; pass at least one")
-        for example in (*self.captions, *self.yes_no):
-            if not 0 <= example.image < len(self.pixel_values):
-                raise ValueError(
-                    f"example {example.question!r} -> {example.target!r} uses image row {example.image}, "
-                    f"but pixel_values has {len(self.pixel_values)} rows"
-                )
 
 
 @dataclass(frozen=True)
@@ -144,6 +115,7 @@ class TrainingResult:
     steps: int
     resumed_from: int  # the step the run started at (0 for a fresh run)
     seconds: float  # wall-clock seconds spent training in this process
+    cpu_seconds: float  # CPU seconds of this process (all threads) spent training
     loss_history: list[tuple[int, float]] = field(default_factory=list)  # (step, mean loss since the last entry)
 
     @property
@@ -160,34 +132,15 @@ class TrainingCheckpointError(ValueError):
     """A training checkpoint that cannot be read or belongs to another run."""
 
 
-def draw_batch(data: TrainingData, config: TrainingConfig, step: int) -> list[TrainingExample]:
-    """Return the examples of 0-based ``step``; the draw depends only on the seed and the step."""
-    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-    n_yes_no = config.yes_no_count(step) if data.yes_no else 0
-    n_captions = config.batch_size - n_yes_no
-    caption_rows = torch.randint(len(data.captions), (n_captions,), generator=generator).tolist()
-    batch = [data.captions[row] for row in caption_rows]
-    if n_yes_no:
-        yes_no_rows = torch.randint(len(data.yes_no), (n_yes_no,), generator=generator).tolist()
-        batch.extend(data.yes_no[row] for row in yes_no_rows)
-    return batch
-
-
-def encode_examples(vlm: VisionLanguageModel, data: TrainingData, examples: Sequence[TrainingExample]) -> TokenBatch:
-    """Tokenize ``examples`` with the model's chat prompt and label their target tokens."""
-    rows = torch.tensor([example.image for example in examples])
-    prompts = [vlm.prompt(example.question) for example in examples]
-    return vlm.encode(prompts, [example.target for example in examples], data.pixel_values[rows])
-
-
-def batch_loss(
+def weighted_loss_terms(
     logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, weighting: LossWeighting
-) -> torch.Tensor:
-    """Return the weighted negative log-likelihood of a batch.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return the numerator and denominator of a batch's weighted negative log-likelihood.
 
     ``logits`` is (batch, seq, vocab), ``labels`` (batch, seq) unshifted and ``weights``
-    (batch,). "example": the weighted mean over examples of each example's mean token NLL.
-    "token": the weighted mean over all labelled tokens, each token weighted by its example.
+    (batch,). With "example" the loss is the weighted mean over examples of each example's
+    mean token NLL. With "token" it is the weighted mean over all labelled tokens, each token
+    weighted by its example. Terms of several batches add up before the division.
     """
     log_probs, mask = token_log_probs(logits, labels)  # (batch, seq - 1) each
     counts = mask.sum(dim=1)  # (batch,)
@@ -195,9 +148,9 @@ def batch_loss(
         raise ValueError("an example has no labelled target token; check that its target is not empty")
     if weighting == "example":
         per_example = -log_probs.sum(dim=1) / counts
-        return (weights * per_example).sum() / weights.sum()
+        return (weights * per_example).sum(), weights.sum()
     token_weights = weights.unsqueeze(1) * mask
-    return -(log_probs * token_weights).sum() / token_weights.sum()
+    return -(log_probs * token_weights).sum(), token_weights.sum()
 
 
 def _optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.optim.AdamW:
@@ -234,7 +187,7 @@ def load_checkpoint(path: Path, config: TrainingConfig) -> dict:
     """Read a checkpoint written by :func:`save_checkpoint` for the same ``config``."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError) as error:
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
         raise TrainingCheckpointError(
             f"training checkpoint {path} could not be read ({type(error).__name__}); delete it to restart training"
         ) from error
@@ -253,13 +206,18 @@ def train(
     config: TrainingConfig,
     checkpoint_path: str | os.PathLike | None = None,
     progress: bool = True,
+    on_interval: Callable[[int, float], None] | None = None,
 ) -> TrainingResult:
     """Train ``vlm.model`` in place on ``data``; resume from ``checkpoint_path`` when it exists.
+
+    Every ``checkpoint_every`` steps the mean loss is logged, the checkpoint written, and
+    ``on_interval(step, mean_loss)`` called (for learning curves); training mode is restored after it.
 
     The caller sets ``torch.set_num_threads``; results are bitwise reproducible only for a
     fixed thread count.
     """
     model = vlm.model
+    tokenized = TokenizedExamples(vlm, data)
     optimizer = _optimizer(model, config)
     checkpoint = Path(checkpoint_path) if checkpoint_path is not None else None
     start, history = 0, []
@@ -272,38 +230,60 @@ def train(
         logger.info("resuming training from %s at step %d of %d", checkpoint, start, config.steps)
 
     model.train()
-    began = time.perf_counter()
+    began, began_cpu = time.perf_counter(), time.process_time()
     running, running_count = 0.0, 0
-    bar = tqdm(range(start, config.steps), desc="training organism", disable=not progress, initial=start, total=config.steps)
-    for step in bar:
-        loss = _train_step(vlm, data, config, optimizer, step)
-        running, running_count = running + loss, running_count + 1
-        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{config.learning_rate_at(step):.1e}", refresh=False)
-        done = step + 1
-        if done % config.checkpoint_every == 0 or done == config.steps:
+    with tqdm(total=config.steps, initial=start, desc="training organism", disable=not progress) as bar:
+        for step in range(start, config.steps):
+            loss = _train_step(model, tokenized, config, optimizer, step)
+            running, running_count = running + loss, running_count + 1
+            bar.update()
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{config.learning_rate_at(step):.1e}", refresh=False)
+            done = step + 1
+            if done % config.checkpoint_every and done != config.steps:
+                continue
             history.append((done, running / running_count))
             running, running_count = 0.0, 0
             logger.info("step %d/%d: mean loss %.4f", done, config.steps, history[-1][1])
             if checkpoint is not None:
                 save_checkpoint(checkpoint, model, optimizer, done, config, history)
-    bar.close()
+            if on_interval is not None:
+                on_interval(done, history[-1][1])
+                model.train()
     model.eval()
-    return TrainingResult(steps=config.steps, resumed_from=start, seconds=time.perf_counter() - began, loss_history=history)
+    return TrainingResult(
+        steps=config.steps,
+        resumed_from=start,
+        seconds=time.perf_counter() - began,
+        cpu_seconds=time.process_time() - began_cpu,
+        loss_history=history,
+    )
 
 
 def _train_step(
-    vlm: VisionLanguageModel, data: TrainingData, config: TrainingConfig, optimizer: torch.optim.Optimizer, step: int
+    model: torch.nn.Module,
+    tokenized: TokenizedExamples,
+    config: TrainingConfig,
+    optimizer: torch.optim.Optimizer,
+    step: int,
 ) -> float:
-    examples = draw_batch(data, config, step)
-    batch = encode_examples(vlm, data, examples)
-    weights = torch.tensor([config.yes_no_weight if e.kind == "yes_no" else 1.0 for e in examples])
-    for group in optimizer.param_groups:
-        group["lr"] = config.learning_rate_at(step)
-    logits = vlm.model(**batch.model_inputs()).logits  # (batch, seq, vocab)
-    loss = batch_loss(logits, batch.labels, weights, config.loss_weighting)
+    examples = draw_rows(tokenized.data, config.batch_size, config.yes_no_count(step), config.seed, step)
+    numerator, denominator = torch.zeros(()), torch.zeros(())
+    # Captions and yes/no questions go through separate forward passes, so the short
+    # questions are not padded to caption length.
+    for kind, weight in (("caption", 1.0), ("yes_no", config.yes_no_weight)):
+        group = [example for example in examples if example.kind == kind]
+        if not group:
+            continue
+        batch = tokenized.batch(group)
+        logits = model(**batch.model_inputs()).logits  # (group, seq, vocab)
+        terms = weighted_loss_terms(logits, batch.labels, torch.full((len(group),), weight), config.loss_weighting)
+        numerator, denominator = numerator + terms[0], denominator + terms[1]
+    loss = numerator / denominator
+    for param_group in optimizer.param_groups:
+        param_group["lr"] = config.learning_rate_at(step)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if config.gradient_clip > 0:
-        torch.nn.utils.clip_grad_norm_(vlm.model.parameters(), config.gradient_clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.gradient_clip)
     optimizer.step()
     return float(loss.detach())

@@ -1,8 +1,8 @@
 """Sharpness probes: Hessian trace and eigenvalues, ε-sharpness and loss surfaces.
 
-Every registered probe is called as ``probe(model, loss_fn, params=None, *, generator, ...)``:
-``model`` is the ``nn.Module``, ``loss_fn`` a closure over fixed batches returning a scalar
-(see :func:`forget_loss_fn` and :func:`retain_loss_fn`), and ``params`` a list of
+Every registered probe is called as ``probe(model, loss_fn, params=None, *, generator, ...)``.
+``model`` is the ``nn.Module``. ``loss_fn`` is a closure over fixed batches that returns a
+scalar (see :func:`forget_loss_fn` and :func:`retain_loss_fn`). ``params`` is a list of
 ``(name, parameter)`` pairs, a name filter ("all", "language_model", "vision_tower",
 "multi_modal_projector" or a regular expression), or None for every trainable parameter that
 receives a gradient. :func:`interpolate_checkpoints` takes several models and is not in the

@@ -1,8 +1,8 @@
 """Top eigenvalues of the loss Hessian: Lanczos, and power iteration with deflation.
 
-Both use only Hessian-vector products. "Top" means largest in absolute value by default
-(near a minimum these are the large positive curvatures; after gradient ascent a strongly
-negative curvature counts as sharp too); Lanczos can also rank by algebraic value.
+Both use only Hessian-vector products. "Top" means largest in absolute value by default,
+because after gradient ascent a strongly negative curvature is as sharp as a positive one.
+Lanczos can also rank by algebraic value.
 """
 
 from __future__ import annotations
@@ -96,8 +96,8 @@ def lanczos_eigenvalues(
     """Estimate the k top eigenvalues of the Hessian of ``loss_fn`` by Lanczos iteration.
 
     Estimator: Lanczos tridiagonalisation from a Gaussian start vector drawn from
-    ``generator``, with full reorthogonalisation (Golub and Van Loan, "Matrix Computations",
-    ch. 10); eigenvalues are the Ritz values of the tridiagonal matrix. Tolerance: stops when
+    ``generator``, with full reorthogonalisation (Golub and Van Loan, "Matrix Computations").
+    The eigenvalues are the Ritz values of the tridiagonal matrix. Tolerance: stops when
     each of the k Ritz pairs has the residual bound |β_j·s_j| ≤ ``tolerance``·|θ| (Paige's
     bound on ‖Hy − θy‖), when the Krylov space becomes invariant, or after ``max_iter``
     products. Returns an :class:`EigenEstimate` ordered by ``which``.
@@ -107,7 +107,7 @@ def lanczos_eigenvalues(
     with hessian_operator(model, loss_fn, params) as operator:
         if k > operator.dimension:
             raise ValueError(f"k={k} exceeds the {operator.dimension} parameters that receive a gradient")
-        start = gaussian(operator.dimension, generator, operator.device)
+        start = gaussian(operator.dimension, generator, operator.device, operator.dtype)
         basis = [start / start.norm()]
         alphas: list[float] = []
         betas: list[float] = []
@@ -205,7 +205,7 @@ def power_iteration_eigenvalues(
 
 def _power_iterate(operator, generator, values, vectors, max_iter, tolerance):
     """Run power iteration on the deflated operator: (value, unit vector, residual, converged, iterations)."""
-    vector = _orthogonalize(gaussian(operator.dimension, generator, operator.device), vectors)
+    vector = _orthogonalize(gaussian(operator.dimension, generator, operator.device, operator.dtype), vectors)
     vector = vector / vector.norm()
     value, residual = 0.0, float("inf")
     for iteration in range(1, max_iter + 1):

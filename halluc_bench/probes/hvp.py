@@ -1,7 +1,7 @@
 """Hessian-vector products by double backward, and the parameter selection every probe shares.
 
 A Hessian-vector product H·v is the gradient of ⟨∇L(θ), v⟩ with respect to θ (Pearlmutter,
-1994): one backward pass that keeps its graph, then a second backward pass through it. The
+1994, "Fast exact multiplication by the Hessian"): one backward pass that keeps its graph, then a second backward pass through it. The
 first pass can be kept and reused for many products (``reuse_graph=True``), so each later
 product costs only the second pass.
 
@@ -187,15 +187,19 @@ def unflatten(vector: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.
     return pieces
 
 
-def rademacher(dimension: int, generator: torch.Generator, device: torch.device | str) -> torch.Tensor:
-    """Return a flat fp32 vector of independent ±1 entries drawn from ``generator``."""
+def rademacher(
+    dimension: int, generator: torch.Generator, device: torch.device | str, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Return a flat vector of independent ±1 entries drawn from ``generator``."""
     signs = torch.randint(0, 2, (dimension,), generator=generator, device=generator.device)
-    return (signs.float() * 2 - 1).to(device)
+    return (signs.to(dtype) * 2 - 1).to(device)
 
 
-def gaussian(dimension: int, generator: torch.Generator, device: torch.device | str) -> torch.Tensor:
-    """Return a flat fp32 standard normal vector drawn from ``generator``."""
-    return torch.randn(dimension, generator=generator, device=generator.device).to(device)
+def gaussian(
+    dimension: int, generator: torch.Generator, device: torch.device | str, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Return a flat standard normal vector drawn from ``generator`` (drawn in fp32, then cast)."""
+    return torch.randn(dimension, generator=generator, device=generator.device).to(device, dtype)
 
 
 # ----------------------------------------------------------------------------- the operator
@@ -204,10 +208,10 @@ class HessianOperator:
 
     Construct it inside :func:`probe_mode` (or use :func:`hessian_operator`). Construction
     runs one forward and one backward pass with ``create_graph=True`` and keeps only the
-    parameters that receive a gradient; the first :meth:`matvec` reuses that graph. With
-    ``reuse_graph`` the graph is kept, so each later product costs one further backward pass;
-    without it, each later product recomputes the loss and its gradient (less memory held
-    between products).
+    parameters that receive a gradient. The first :meth:`matvec` reuses that graph. With
+    ``reuse_graph`` the graph is kept, so each later product costs one further backward pass.
+    Without it, each later product recomputes the loss and its gradient, which holds less
+    memory between products.
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, params: ParameterSpec = None, reuse_graph: bool = True):
@@ -224,6 +228,7 @@ class HessianOperator:
         self._gradients: list[torch.Tensor] | None = list(gradients)
         self.dimension = sum(parameter.numel() for parameter in self.tensors)
         self.device = self.tensors[0].device
+        self.dtype = self.gradient.dtype  # of the flat vectors: fp64 for fp64 models, else fp32
         self.n_products = 0
 
     @property
@@ -249,7 +254,7 @@ class HessianOperator:
         pairs = [(gradient, piece) for gradient, piece in zip(gradients, pieces) if gradient.requires_grad]
         self.n_products += 1
         if not pairs:
-            return torch.zeros(self.dimension, dtype=self.gradient.dtype, device=self.device)
+            return torch.zeros(self.dimension, dtype=self.dtype, device=self.device)
         products = torch.autograd.grad(
             [gradient for gradient, _ in pairs],
             self.tensors,

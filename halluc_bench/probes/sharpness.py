@@ -46,9 +46,11 @@ def epsilon_sharpness(
     """Estimate ε-sharpness max_{‖ε‖₂≤ρ} L(θ+ε) − L(θ) by projected gradient ascent.
 
     Estimator: ascent from ε = 0 along normalised gradients with steps of ``step_size``·ρ,
-    each projected back onto the global L2 ball of radius ρ = ``radius`` (Keskar et al., 2017,
-    "On Large-Batch Training for Deep Learning", defines ε-sharpness; ``steps=1`` is the SAM
-    first-order perturbation ρ·g/‖g‖ of Foret et al., 2021). The result is the best iterate,
+    each projected back onto the global L2 ball of radius ρ = ``radius``. ε-sharpness is
+    defined by Keskar et al., 2017, "On Large-Batch Training for Deep Learning: Generalization
+    Gap and Sharp Minima". ``steps=1`` gives the first-order perturbation ρ·g/‖g‖ of SAM
+    (Foret et al., 2021, "Sharpness-Aware Minimization for Efficiently Improving
+    Generalization"). The result is the best iterate,
     so it is a lower bound on the true maximum that tightens with ``steps``; there is no
     tolerance. ``generator`` is accepted for a uniform probe signature and unused (the ascent
     is deterministic). The model's weights are restored bit for bit afterwards. Returns a

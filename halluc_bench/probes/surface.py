@@ -1,12 +1,13 @@
 """Loss surfaces along random directions, and loss along linear paths between checkpoints.
 
-Random directions follow Li et al., 2018, "Visualizing the Loss Landscape of Neural Nets":
-one Gaussian tensor per parameter, filter-normalised so that each filter (each slice along
-dimension 0: an output unit of a linear layer, an output channel of a convolution, a row of
-an embedding) has the norm of the matching filter of the weights. Convention for tensors with
-fewer than 2 dimensions (biases, norm weights, scalars): ``one_dimensional="zero"`` (default,
-as in Li et al.) gives them a zero direction, so they stay fixed; ``"layer"`` rescales the
-whole tensor's direction to the tensor's norm.
+Random directions follow Li et al., 2018, "Visualizing the Loss Landscape of Neural Nets".
+Each parameter gets one Gaussian tensor, filter-normalised so that each filter has the norm
+of the matching filter of the weights. A filter is a slice along dimension 0: an output unit
+of a linear layer, an output channel of a convolution, a row of an embedding.
+
+Convention for tensors with fewer than 2 dimensions (biases, norm weights, scalars): the
+default ``one_dimensional="zero"`` gives them a zero direction, so they stay fixed.
+``"layer"`` instead rescales the whole tensor's direction to the tensor's norm.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 Normalization = Literal["filter", "layer", "none"]
 OneDimensional = Literal["zero", "layer"]
-NORM_FLOOR = 1e-10  # added to a direction's norm before dividing, as in Li et al.
+NORM_FLOOR = 1e-10  # added to a direction's norm before dividing, so an all-zero filter stays finite
 
 
 def _default_alphas() -> list[float]:
@@ -153,9 +154,9 @@ def loss_surface_1d(
 ) -> Surface1D:
     """Evaluate L(θ + α·d) along one direction d.
 
-    Estimator: exact evaluation on a grid (Li et al., 2018); d is a filter-normalised Gaussian
-    direction from ``generator`` unless ``direction`` (one tensor per selected parameter) is
-    given, in which case it is used as is. α = 0 evaluates the unperturbed weights, so it
+    Estimator: exact evaluation on a grid (Li et al., 2018). d is a filter-normalised Gaussian
+    direction from ``generator``, unless ``direction`` (one tensor per selected parameter) is
+    given and used as is. α = 0 evaluates the unperturbed weights, so it
     reproduces ``loss_fn(model)`` exactly. Default grid: 21 points on [−1, 1]. The model is in
     eval mode and its weights are restored bit for bit afterwards. Returns a :class:`Surface1D`.
     """
@@ -186,9 +187,9 @@ def loss_surface_2d(
 ) -> Surface2D:
     """Evaluate L(θ + α·d₁ + β·d₂) on a grid, with two independent filter-normalised directions.
 
-    Estimator and conventions as :func:`loss_surface_1d`; the two random directions are drawn
-    one after the other from ``generator`` (not orthogonalised: in high dimension they are
-    nearly orthogonal). Returns a :class:`Surface2D`.
+    Estimator and conventions as :func:`loss_surface_1d`. The two random directions are drawn
+    one after the other from ``generator`` and not orthogonalised, because in high dimension
+    they are nearly orthogonal already. Returns a :class:`Surface2D`.
     """
     alphas = list(alphas) if alphas is not None else _default_alphas()
     betas = list(betas) if betas is not None else _default_alphas()

@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 class TraceConfig:
     """When to stop averaging probes.
 
-    After each probe from ``min_probes`` on, the average stops when the change of the running
+    After each probe from min(``min_probes``, ``max_probes``) on, the average stops when the change of the running
     estimate Δ satisfies |Δ| / (|estimate| + ``epsilon``) < ``tolerance``, or when the standard
     error has reached ``target_stderr``; otherwise it stops at ``max_probes``. A tolerance of
     0 disables the relative-change rule (a fixed number of probes).
@@ -42,8 +42,8 @@ class TraceConfig:
     def __post_init__(self) -> None:
         if self.max_probes < 1:
             raise ValueError(f"max_probes must be at least 1, got {self.max_probes}")
-        if not 1 <= self.min_probes <= self.max_probes:
-            raise ValueError(f"min_probes must lie in [1, max_probes={self.max_probes}], got {self.min_probes}")
+        if self.min_probes < 1:
+            raise ValueError(f"min_probes must be at least 1, got {self.min_probes}")
         if self.tolerance < 0 or self.epsilon < 0:
             raise ValueError(f"tolerance and epsilon must be non-negative, got {self.tolerance} and {self.epsilon}")
         if self.target_stderr is not None and self.target_stderr <= 0:
@@ -112,7 +112,7 @@ def average_probes(
         stats.add(sample())
         estimate = offset + stats.mean
         history.append(estimate)
-        if stats.n < config.min_probes:
+        if stats.n < min(config.min_probes, config.max_probes):
             continue
         if config.target_stderr is not None and stats.n >= 2 and stats.stderr <= config.target_stderr:
             return stats, history, True, "target_stderr"
@@ -141,7 +141,7 @@ def hutchinson_trace(
     """Estimate tr(H) of ``loss_fn`` by Hutchinson's estimator.
 
     Estimator: the mean of vᵀHv over Rademacher vectors v (Hutchinson, 1990, "A stochastic
-    estimator of the trace of the influence matrix"), unbiased, with standard error
+    estimator of the trace of the influence matrix for Laplacian smoothing splines"), unbiased, with standard error
     std(vᵀHv)/sqrt(n). Products come from double backward (:class:`HessianOperator`).
     Tolerance: the stopping rules of :class:`TraceConfig`. Returns a :class:`TraceEstimate`
     over the parameters in ``params`` that receive a gradient.
@@ -150,7 +150,7 @@ def hutchinson_trace(
     with hessian_operator(model, loss_fn, params) as operator:
 
         def sample() -> float:
-            return _quadratic_form(operator, rademacher(operator.dimension, generator, operator.device))
+            return _quadratic_form(operator, rademacher(operator.dimension, generator, operator.device, operator.dtype))
 
         stats, history, converged, reason = average_probes(sample, config, desc="hutchinson")
         logger.info("hutchinson trace %.6g ± %.2g after %d probes (%s)", stats.mean, stats.stderr, stats.n, reason)
@@ -198,7 +198,7 @@ def hutchpp_trace(
     config = TraceConfig(max_probes, min_probes, tolerance, epsilon, target_stderr)
     with hessian_operator(model, loss_fn, params) as operator:
         rank = min(sketch_size, operator.dimension)
-        columns = [operator.matvec(rademacher(operator.dimension, generator, operator.device)) for _ in range(rank)]
+        columns = [operator.matvec(rademacher(operator.dimension, generator, operator.device, operator.dtype)) for _ in range(rank)]
         basis, _ = torch.linalg.qr(torch.stack(columns, dim=1))  # (dimension, rank), orthonormal columns
         low_rank = sum(_quadratic_form(operator, basis[:, column]) for column in range(rank))
         if rank == operator.dimension:  # the sketch spans the whole space: the trace is exact
@@ -217,7 +217,7 @@ def hutchpp_trace(
             )
 
         def sample() -> float:
-            probe = rademacher(operator.dimension, generator, operator.device)
+            probe = rademacher(operator.dimension, generator, operator.device, operator.dtype)
             probe = probe - basis @ (basis.T @ probe)  # (dimension,), orthogonal to the sketch
             return _quadratic_form(operator, probe)
 

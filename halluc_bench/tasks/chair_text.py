@@ -6,7 +6,9 @@ lemmatizers are registered in ``CHAIR_LEMMATIZERS``:
 
 - ``wordnet``: tag the caption's tokens with an averaged-perceptron part-of-speech tagger,
   then reduce each token with WordNet 3.0 morphology for its tag (adjective for J*, verb
-  for V*, adverb for R*, noun otherwise). This is the variant most papers report.
+  for V*, adverb for R*, noun otherwise). This is the variant most papers report. As in
+  the reference, "men" stays "men": WordNet lists both "men" and "man" as nouns, and the
+  lemmatizer keeps the earlier of the two equally short lemmas, so "men" names no object.
 - ``pattern``: singularize every token with the rules of the ``pattern`` library (its
   ``singularize``, which TextBlob ships as ``textblob.en.inflect``). This is the variant of
   the original CHAIR code.
@@ -20,10 +22,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import logging
 import pickle
+import re
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 from typing import Callable, Literal, Sequence
 
 from nltk.tag.perceptron import PerceptronTagger
@@ -41,15 +46,16 @@ CHAIR_LEMMATIZERS: Registry[Callable[[Sequence[str]], list[str]]] = Registry("CH
 
 # Abbreviations whose final period does not end a sentence (lower case, without that period).
 # NOTE: the reference splits sentences with NLTK's trained English Punkt model, which is not
-# available offline; this short list covers the abbreviations seen in image captions, so
-# text with rarer abbreviations may split into one token more or fewer than the reference.
+# available offline. This short list covers the abbreviations seen in image captions, so a
+# caption with a rarer abbreviation may get one token more or fewer than the reference.
 SENTENCE_ABBREVIATIONS = frozenset({"u.s", "u.k", "mr", "mrs", "ms", "dr", "st", "vs", "e.g", "i.e", "etc"})
 
-# Tagger weights: the model file of textblob-aptagger 0.2.0 (MIT licence, Matthew Honnibal),
-# an averaged perceptron with the same features as NLTK's tagger, trained on Wall Street
-# Journal text. NOTE: the reference used NLTK's own English model, which cannot be fetched
-# offline. The two models choose different tags for a few words in context (about 1 token
-# in 200 of LLaVA captions), so a few captions lemmatize differently from the reference.
+# Tagger weights: the model file of textblob-aptagger 0.2.0 (MIT licence, Matthew Honnibal).
+# NLTK's perceptron tagger is a port of that tagger, with the same features, so NLTK runs
+# this model as it runs its own. NOTE: the reference used NLTK's own English model, which
+# cannot be fetched offline. The two models tag some words differently in context: on 1,000
+# LLaVA captions 0.55% of the reference's lemmas differ, and 2.6% of captions get a
+# different object list.
 TAGGER_DISTRIBUTION = "textblob-aptagger"
 TAGGER_FILE = "trontagger-0.1.0.pickle"
 TAGGER_SHA256 = "1109164b3d28dce58f96b763128bab2fd8754c3921fd3330de2724ac6d1ada7c"
@@ -76,8 +82,8 @@ def tokenize_caption(caption: str) -> list[Token]:
     """Lower-case and tokenize a caption as ``nltk.word_tokenize(caption.lower())`` does, keeping character spans.
 
     A span covers the token's characters in ``caption`` itself. A token that the tokenizer
-    rewrote (a double quote becomes `````` or ``''``) spans the characters it came from; in
-    the unexpected case that a token cannot be found in the text it gets an empty span at
+    rewrote (a double quote becomes `````` or ``''``) spans the characters it came from.
+    A token that cannot be found in the text (not seen in practice) gets an empty span at
     the current position.
     """
     lowered, origin = _lower_with_origin(caption)
@@ -87,8 +93,7 @@ def tokenize_caption(caption: str) -> list[Token]:
         sentence = lowered[sentence_start:sentence_end]
         words = word_tokenizer.tokenize(sentence)
         for word, (start, end) in zip(words, _align(words, sentence)):
-            tokens.append(Token(word, _map_offset(origin, sentence_start + start, len(caption)),
-                                _map_offset(origin, sentence_start + end, len(caption))))
+            tokens.append(Token(word, *_map_span(origin, sentence_start + start, sentence_start + end)))
     return tokens
 
 
@@ -119,9 +124,77 @@ def lemmatize_wordnet(words: Sequence[str]) -> list[str]:
 @CHAIR_LEMMATIZERS.register("pattern")
 def lemmatize_pattern(words: Sequence[str]) -> list[str]:
     """Singularize every token with pattern's rules, whatever its part of speech."""
-    from textblob.en.inflect import singularize  # imported here: TextBlob takes about a second to import
+    return [singularize_pattern(word) for word in words]
 
-    return [singularize(word) for word in words]
+
+# TextBlob 0.20 ships pattern's singularize word lists with a few additions. These sets undo
+# them, so that the lists below are those of pattern 3.6, which the original CHAIR code uses.
+_TEXTBLOB_ONLY_UNINFLECTED = frozenset({"aircraft", "antelope", "cattle", "jeans", "moose", "offspring"})
+_TEXTBLOB_ONLY_UNCOUNTABLE = frozenset({"cannabis"})
+_TEXTBLOB_ONLY_IE = frozenset({"bookie"})
+_TEXTBLOB_ONLY_IRREGULAR = frozenset({"lynxes"})
+_PATTERN_ONLY_UNINFLECTED = frozenset({"christmas"})
+
+
+def singularize_pattern(word: str) -> str:
+    """Return the singular of ``word`` as pattern 3.6's ``singularize`` does, quirks included.
+
+    The steps run in this order. A hyphenated compound whose second part is a preposition
+    ("mothers-in-law") singularizes its first part. A word ending in an apostrophe becomes
+    the singular plus "'s". A word that ends an uninflected or uncountable word ("is" ends
+    "debris") is returned unchanged. Then come the "-ie" words, the irregular plurals, and
+    the first matching suffix rule. The word lists and suffix rules are read from TextBlob's
+    copy of pattern's module.
+    """
+    tables = _pattern_tables()
+    if "-" in word:
+        parts = word.split("-")
+        if len(parts) > 1 and parts[1] in tables.prepositions:
+            return singularize_pattern(parts[0]) + "-" + "-".join(parts[1:])
+    if word.endswith("'"):
+        return singularize_pattern(word[:-1]) + "'s"
+    lower = word.lower()
+    if any(entry.endswith(lower) for entry in tables.unchanged):
+        return word
+    for base in tables.ie_words:
+        if lower.endswith(base + "s"):
+            return lower
+    for plural, singular in tables.irregular:
+        if lower.endswith(plural):
+            return re.sub("(?i)" + plural + "$", singular, word)
+    for rule, replacement in tables.rules:
+        match = rule.search(word)
+        if match:
+            for number, group in enumerate(match.groups(), start=1):
+                if group is None:
+                    replacement = replacement.replace("\\" + str(number), "")
+            return rule.sub(replacement, word)
+    return word
+
+
+@dataclass(frozen=True)
+class _PatternTables:
+    prepositions: frozenset[str]
+    unchanged: tuple[str, ...]  # uninflected and uncountable words
+    ie_words: tuple[str, ...]
+    irregular: tuple[tuple[str, str], ...]
+    rules: tuple[tuple[re.Pattern[str], str], ...]
+
+
+@functools.cache
+def _pattern_tables() -> _PatternTables:
+    from textblob.en import inflect  # imported here: TextBlob takes about a second to import
+
+    uninflected = (set(inflect.singular_uninflected) - _TEXTBLOB_ONLY_UNINFLECTED) | _PATTERN_ONLY_UNINFLECTED
+    uncountable = set(inflect.singular_uncountable) - _TEXTBLOB_ONLY_UNCOUNTABLE
+    return _PatternTables(
+        prepositions=frozenset(inflect.plural_prepositions),
+        unchanged=tuple(sorted(uninflected)) + tuple(sorted(uncountable)),
+        ie_words=tuple(sorted(set(inflect.singular_ie) - _TEXTBLOB_ONLY_IE)),
+        irregular=tuple((plural, singular) for plural, singular in inflect.singular_irregular.items()
+                        if plural not in _TEXTBLOB_ONLY_IRREGULAR),
+        rules=tuple((rule, replacement) for rule, replacement in inflect.singular_rules),
+    )
 
 
 @functools.cache
@@ -137,8 +210,8 @@ def load_pos_tagger() -> PerceptronTagger:
     matches = [entry for entry in files if entry.name == TAGGER_FILE]
     if not matches:
         raise FileNotFoundError(f"{TAGGER_FILE} is missing from the installed {TAGGER_DISTRIBUTION}; reinstall it")
-    path = matches[0].locate()
-    raw = open(path, "rb").read()
+    path = Path(matches[0].locate())
+    raw = path.read_bytes()
     digest = hashlib.sha256(raw).hexdigest()
     if digest != TAGGER_SHA256:
         raise ValueError(f"{path} has SHA-256 {digest}, expected {TAGGER_SHA256}; install {TAGGER_DISTRIBUTION}==0.2.0")
@@ -156,14 +229,12 @@ class _DictUnpickler(pickle.Unpickler):
     """Unpickle the tagger model, which holds only dicts, sets, strings and floats; any other class is rejected."""
 
     def __init__(self, raw: bytes):
-        import io
-
         super().__init__(io.BytesIO(raw), encoding="latin1")  # a Python 2 pickle
 
     def find_class(self, module: str, name: str) -> type:
         if (module, name) in {("__builtin__", "set"), ("builtins", "set")}:
             return set
-        raise pickle.UnpicklingError(f"tagger model refers to {module}.{name}, which a tagger model never holds")
+        raise pickle.UnpicklingError(f"invalid tagger model: it refers to {module}.{name}; reinstall {TAGGER_DISTRIBUTION}")
 
 
 @functools.cache
@@ -184,12 +255,15 @@ def _lower_with_origin(text: str) -> tuple[str, list[int] | None]:
     return lowered, origin
 
 
-def _map_offset(origin: list[int] | None, offset: int, length: int) -> int:
+def _map_span(origin: list[int] | None, start: int, end: int) -> tuple[int, int]:
+    """Map a span of the lowered text back to the original text."""
     if origin is None:
-        return offset
-    if offset >= len(origin):
-        return length
-    return origin[offset]
+        return start, end
+    if start >= len(origin):
+        return origin[-1] + 1, origin[-1] + 1
+    if end <= start:
+        return origin[start], origin[start]
+    return origin[start], origin[end - 1] + 1
 
 
 def _align(words: Sequence[str], text: str) -> list[tuple[int, int]]:

@@ -1,11 +1,11 @@
 """WordNet 3.0 lemmatization that needs no NLTK corpus download.
 
 ``WordNetMorphology.lemmatize`` returns what NLTK's ``WordNetLemmatizer.lemmatize`` (NLTK
-3.9 and later) returns with the WordNet 3.0 corpus: it looks the word up in the exception
+3.9 and later) returns with the WordNet 3.0 corpus. It looks the word up in the exception
 list of its part of speech, or else strips each inflectional suffix that the detachment
-rules below name; of the candidates (the word itself first) that WordNet lists as a lemma
-of that part of speech it returns the shortest, the earliest on a tie, and the word
-unchanged when there is none.
+rules below name. Of the candidates (the word itself first) that WordNet lists as lemmas
+of that part of speech, it returns the shortest, the earliest on a tie. A word without
+candidates is returned unchanged.
 
 The lemma index and exception lists come from the WordNet 3.0 database (Princeton
 University, WordNet 3.0 licence, see ``halluc_bench/data/chair/WORDNET_LICENSE``). They are
@@ -127,7 +127,7 @@ def read_wordnet_database(wordnet_dir: str | os.PathLike[str]) -> WordNetMorphol
         exception_path = folder / f"{stem}.exc"
         for required in (index_path, exception_path):
             if not required.is_file():
-                raise FileNotFoundError(f"WordNet file not found: {required}; pass the folder that holds index.noun")
+                raise FileNotFoundError(f"WordNet file not found: {required}; pass the folder that contains index.noun")
         # Index lines start with the lemma; lines starting with a space are the licence header.
         with index_path.open(encoding="utf-8") as stream:
             lemmas[pos] = frozenset(line.split(" ", 1)[0] for line in stream if line.strip() and not line.startswith(" "))

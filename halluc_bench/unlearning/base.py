@@ -62,20 +62,21 @@ class UnlearnerConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the first invalid field; subclasses extend it and call ``super()``."""
-        _require(self, "steps", _is_int(self.steps) and self.steps >= 1, "an integer >= 1")
-        _require(self, "batch_size", _is_int(self.batch_size) and self.batch_size >= 1, "an integer >= 1")
-        rbs = self.retain_batch_size
-        _require(self, "retain_batch_size", rbs is None or (_is_int(rbs) and rbs >= 1), "None or an integer >= 1")
-        _require(self, "learning_rate", _is_number(self.learning_rate) and self.learning_rate > 0, "a positive number")
-        _require(self, "weight_decay", _is_number(self.weight_decay) and self.weight_decay >= 0, "a number >= 0")
-        _require(self, "optimizer", self.optimizer in ("adamw", "sgd"), "'adamw' or 'sgd'")
-        _require(self, "seed", _is_int(self.seed), "an integer")
-        _require(self, "forget_weight", _is_number(self.forget_weight) and self.forget_weight >= 0, "a number >= 0")
-        _require(self, "retain_weight", _is_number(self.retain_weight) and self.retain_weight >= 0, "a number >= 0")
+        require_field(self, "steps", _is_int(self.steps) and self.steps >= 1, "an integer >= 1")
+        require_field(self, "batch_size", _is_int(self.batch_size) and self.batch_size >= 1, "an integer >= 1")
+        retain_size = self.retain_batch_size
+        valid_retain_size = retain_size is None or (_is_int(retain_size) and retain_size >= 1)
+        require_field(self, "retain_batch_size", valid_retain_size, "None or an integer >= 1")
+        require_field(self, "learning_rate", _is_number(self.learning_rate) and self.learning_rate > 0, "a positive number")
+        require_field(self, "weight_decay", _is_number(self.weight_decay) and self.weight_decay >= 0, "a number >= 0")
+        require_field(self, "optimizer", self.optimizer in ("adamw", "sgd"), "'adamw' or 'sgd'")
+        require_field(self, "seed", _is_int(self.seed), "an integer")
+        require_field(self, "forget_weight", _is_number(self.forget_weight) and self.forget_weight >= 0, "a number >= 0")
+        require_field(self, "retain_weight", _is_number(self.retain_weight) and self.retain_weight >= 0, "a number >= 0")
         norm = self.max_grad_norm
-        _require(self, "max_grad_norm", norm is None or (_is_number(norm) and norm > 0), "None or a positive number")
-        _require(self, "mixed_precision", self.mixed_precision in ("no", "bf16", "fp16"), "'no', 'bf16' or 'fp16'")
-        _require(self, "loss_dtype", self.loss_dtype == "float32", "'float32' (losses are always computed in fp32)")
+        require_field(self, "max_grad_norm", norm is None or (_is_number(norm) and norm > 0), "None or a positive number")
+        require_field(self, "mixed_precision", self.mixed_precision in ("no", "bf16", "fp16"), "'no', 'bf16' or 'fp16'")
+        require_field(self, "loss_dtype", self.loss_dtype == "float32", "'float32' (losses are always computed in fp32)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -105,7 +106,7 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) != float("inf")
 
 
-def _require(config: object, name: str, condition: bool, requirement: str) -> None:
+def require_field(config: object, name: str, condition: bool, requirement: str) -> None:
     if not condition:
         raise ValueError(f"{type(config).__name__}.{name} must be {requirement}, got {getattr(config, name)!r}")
 
@@ -130,9 +131,9 @@ class LossTerms:
         return parts[0] if len(parts) == 1 else parts[0] + parts[1]
 
     def check_finite(self) -> None:
-        for what, term in (("forget loss", self.forget), ("retain loss", self.retain)):
+        for description, term in (("forget loss", self.forget), ("retain loss", self.retain)):
             if term is not None:
-                check_finite(term, what)
+                check_finite(term, description)
 
 
 @dataclass
@@ -231,8 +232,8 @@ class Unlearner:
     def loss(self, model: nn.Module, forget: Any | None, retain: Any | None, reference: Reference | None) -> LossTerms:
         """Return the objective on one forget batch and one retain batch.
 
-        Either batch may be None: a sharpness-aware step asks for the forget term alone at the
-        perturbed weights and for the retain term alone at the unperturbed ones.
+        Either batch may be None: a sharpness-aware step requests the forget term alone at the
+        perturbed weights and the retain term alone at the unperturbed ones.
         """
         raise NotImplementedError(f"{type(self).__name__} must override loss() or step()")
 
@@ -258,10 +259,13 @@ class Unlearner:
         """Encode retain examples; the default labels every caption token except hallucinated mentions."""
         return retain_batch(vlm, data, examples)
 
-    def make_optimizer(self, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
+    def make_optimizer(self, named_parameters: list[tuple[str, nn.Parameter]]) -> torch.optim.Optimizer:
+        """Return the optimizer over the trainable parameters (AdamW or SGD, constant learning rate)."""
+        parameters = [parameter for _, parameter in named_parameters]
+        lr, decay = self.config.learning_rate, self.config.weight_decay
         if self.config.optimizer == "sgd":
-            return torch.optim.SGD(parameters, lr=self.config.learning_rate, weight_decay=self.config.weight_decay)
-        return torch.optim.AdamW(parameters, lr=self.config.learning_rate, weight_decay=self.config.weight_decay)
+            return torch.optim.SGD(parameters, lr=lr, weight_decay=decay)
+        return torch.optim.AdamW(parameters, lr=lr, weight_decay=decay)
 
     @property
     def needs_reference(self) -> bool:

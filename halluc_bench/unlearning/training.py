@@ -24,12 +24,13 @@ MixedPrecisionMode = Literal["no", "bf16", "fp16"]
 class NonFiniteLossError(RuntimeError):
     """A loss or gradient became NaN or infinite; the run stopped before applying that update.
 
-    ``result`` holds the partial :class:`UnlearnResult` with the last good weights once the
-    training loop has attached it.
+    The training loop adds the step index and attaches ``result``, the partial
+    :class:`UnlearnResult` that holds the last good weights.
     """
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, step: int | None = None):
         super().__init__(message)
+        self.step = step
         self.result = None
 
 
@@ -75,15 +76,13 @@ class BatchSampler:
 class Reference:
     """The frozen model before unlearning (pi_ref), queried without gradients.
 
-    Either a separate frozen model or, under LoRA, the trained model with its adapters
-    disabled, which needs no second copy of the weights. Summed sequence log-probabilities
-    are cached per row (keyed by the row's tokens, labels and pixels), so a forget example
-    costs one reference forward pass per run rather than one per step.
+    Summed sequence log-probabilities are cached per row (keyed by the row's tokens, labels
+    and pixels), so a forget example costs one reference forward pass per run, not one per
+    step. The model is switched to eval mode for each query and back afterwards.
     """
 
-    def __init__(self, model: nn.Module, adapters_disabled: bool = False, max_cached_rows: int = 1_000_000):
+    def __init__(self, model: nn.Module, max_cached_rows: int = 1_000_000):
         self.model = model
-        self.adapters_disabled = adapters_disabled
         self.max_cached_rows = max_cached_rows
         self._sequence_cache: dict[bytes, float] = {}
 
@@ -92,9 +91,7 @@ class Reference:
         was_training = self.model.training
         self.model.eval()
         try:
-            adapters_off = self.model.disable_adapter() if self.adapters_disabled else contextlib.nullcontext()
-            with adapters_off:
-                yield self.model
+            yield self.model
         finally:
             self.model.train(was_training)
 

@@ -40,4 +40,6 @@ def read_json(path: Path, expected: str) -> Any:
             f"expected {expected}: re-download or regenerate the file"
         ) from None
     except UnicodeDecodeError as error:
-        raise ValueError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); expected {expected}") from None
+        raise ValueError(
+            f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); expected {expected}"
+        ) from None

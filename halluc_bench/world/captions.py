@@ -1,10 +1,9 @@
 """Caption text of the toy world: a few regular phrasings over a small closed vocabulary.
 
-Captions are lower-case English that uses the COCO category names, the palette's colour names
+Captions are lower-case English built from the COCO category names, the palette's colour names
 and the grid positions, for example "a red fork on the top left and a blue knife on the bottom
-right." Text splits into words with `word_tokens`, the same split as the `tokenizers`
-Whitespace pre-tokenizer (runs of word characters, or runs of other non-space characters)
-after lower-casing.
+right." `word_tokens` lower-cases text and splits it like the `tokenizers` Whitespace
+pre-tokenizer: runs of word characters, or runs of other non-space characters.
 """
 
 from __future__ import annotations

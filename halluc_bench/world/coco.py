@@ -50,11 +50,16 @@ def _check_coco_dict(data: Any, path: Path, required: tuple[str, ...]) -> dict[s
         )
     missing = [key for key in required if not isinstance(data.get(key), list)]
     if missing:
-        raise ValueError(f"{path}: COCO file lacks the list(s) {missing}; expected keys {list(required)}")
+        raise ValueError(
+            f"{path}: COCO file lacks the list(s) {missing}; expected keys {list(required)}, so fix or regenerate it"
+        )
     image_ids = {image["id"] for image in data["images"]}
     for annotation in data["annotations"]:
         if annotation.get("image_id") not in image_ids:
-            raise ValueError(f"{path}: annotation {annotation.get('id')} refers to image {annotation.get('image_id')}, which is not in 'images'")
+            raise ValueError(
+                f"{path}: annotation {annotation.get('id')} refers to image {annotation.get('image_id')}, "
+                f"which is not in 'images'; fix or regenerate the file"
+            )
     return data
 
 
@@ -92,7 +97,8 @@ class World:
         instances = {path.name[len("instances_"):-len(".json")]: path for path in annotations.glob("instances_*.json")}
         if not instances:
             raise FileNotFoundError(
-                f"{annotations}: no instances_{{split}}.json file found; expected e.g. {annotations}/instances_val2014.json"
+                f"{annotations}: no instances_{{split}}.json file found; "
+                f"expected e.g. {annotations}/instances_val2014.json"
             )
         captions = {split: annotations / f"captions_{split}.json" for split in instances}
         manifest_path = root / MANIFEST_NAME
@@ -159,7 +165,9 @@ class World:
     def load_image(self, split: str, image_id: int) -> Image.Image:
         path = self.image_path(split, image_id)
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: image file not found; expected the image of id {image_id} of split {split!r}")
+            raise FileNotFoundError(
+                f"{path}: image file not found; expected the image of id {image_id} of split {split!r}"
+            )
         with Image.open(path) as image:
             return image.convert("RGB")
 
@@ -210,7 +218,9 @@ class World:
         self._check_split(split)
         return (split,)
 
-    def vocabulary(self, mme_templates: Mapping[str, str] | None = None, pope_template: str = POPE_TEMPLATE) -> list[str]:
+    def vocabulary(
+        self, mme_templates: Mapping[str, str] | None = None, pope_template: str = POPE_TEMPLATE
+    ) -> list[str]:
         """Return the sorted lower-case word tokens that captions, questions and answers can contain.
 
         A toy world's vocabulary follows from its config and is closed. For other datasets it is
@@ -225,6 +235,9 @@ class World:
                 if self.captions_path(split).is_file():
                     for annotation in self.captions_coco(split).dataset["annotations"]:
                         words.update(word_tokens(annotation["caption"]))
-            colors = tuple(sorted({a["color"] for s in self.splits for a in self.coco(s).dataset["annotations"] if "color" in a}))
+            found_colors: set[str] = set()
+            for split in self.splits:
+                found_colors.update(a["color"] for a in self.coco(split).dataset["annotations"] if "color" in a)
+            colors = tuple(sorted(found_colors))
         words |= question_vocabulary(self.category_names(), colors, mme_templates, pope_template)
         return sorted(words)

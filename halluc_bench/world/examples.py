@@ -33,7 +33,7 @@ class CaptionExample:
 class YesNoExample:
     """One existence question with its training answer.
 
-    `kind` says how the object was chosen: "present" (in the image), "cooccurring" (absent, the
+    `kind` records how the object was chosen: "present" (in the image), "cooccurring" (absent, the
     absent category that co-occurs most with the image's objects) or "random" (absent, uniform).
     """
 
@@ -60,8 +60,8 @@ def pick_negative(
     """Choose one absent category, or None when every category is present or excluded.
 
     With probability `cooccurring_share` it is the absent category with the highest summed
-    co-occurrence count with the present ones (ties broken at random); it falls back to a
-    uniform draw when no absent category co-occurs with them at all.
+    co-occurrence count with the present ones, ties broken at random. When no absent category
+    co-occurs with them at all, the draw falls back to uniform.
     """
     absent = [name for name in category_names if name not in present and name not in excluded]
     if not absent:
@@ -97,8 +97,9 @@ def yes_no_examples(
     template: str = POPE_TEMPLATE,
     cooccurrence_split: str | None = None,
 ) -> list[YesNoExample]:
-    """Build balanced existence questions: per image, up to `positives_per_image` present
-    categories in random order, each followed by one distinct absent category.
+    """Build existence questions: per image, up to `positives_per_image` present categories in
+    random order, each followed by one distinct absent category while one is left. An image that
+    contains every category gets positives only.
 
     Co-occurrence counts come from `cooccurrence_split` (the same split when None). Each image
     draws from its own generator seeded by (seed, image id), so adding images changes no others.

@@ -1,7 +1,7 @@
 """Writing a toy world to disk in COCO format, with a manifest that lets a cache be validated.
 
 The world is built in a hidden sibling folder and moved onto ROOT only when complete, so ROOT
-never holds a partial world written by this module.
+never contains a partial world written by this module.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def _png_bytes(pixels: Any) -> bytes:
 
 
 def _write_split(config: ToyWorldConfig, split: str, folder: Path, first_ids: dict[str, int], glyphs: GlyphSet) -> int:
-    """Write one split's images and COCO files; return how many images it holds."""
+    """Write one split's images and COCO files, and return its image count."""
     scenes = sample_split_scenes(config, split, first_ids["image"])
     plans = plan_split_captions(config, split, scenes)
     images: list[dict[str, Any]] = []
@@ -83,8 +83,9 @@ def _write_split(config: ToyWorldConfig, split: str, folder: Path, first_ids: di
         images.append(entry)
         for index, box in enumerate(boxes):
             instances.append(_instance_entry(first_ids["annotation"] + len(instances), scene, index, box))
-        captions.extend(_caption_entry(first_ids["caption"] + len(captions), scene.image_id, plan) for plan in image_plans)
-    categories = [coco_category(name).to_json() for name in sorted(config.categories, key=lambda n: coco_category(n).id)]
+        for plan in image_plans:
+            captions.append(_caption_entry(first_ids["caption"] + len(captions), scene.image_id, plan))
+    categories = sorted((coco_category(name).to_json() for name in config.categories), key=lambda c: c["id"])
     header = {"info": _info(config, split), "licenses": [_LICENSE], "images": images}
     write_json_atomic(folder / "annotations" / f"instances_{split}.json",
                       {**header, "annotations": instances, "categories": categories})
@@ -132,10 +133,10 @@ def _existing_world_problem(config: ToyWorldConfig, root: Path) -> str | None:
     if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
         return f"its {MANIFEST_NAME} is not a format-{FORMAT_VERSION} toy-world manifest"
     stored = manifest.get("config")
-    wanted = config.to_json()
-    if stored != wanted:
+    expected = config.to_json()
+    if stored != expected:
         stored = stored if isinstance(stored, dict) else {}
-        changed = sorted(key for key in set(stored) | set(wanted) if stored.get(key) != wanted.get(key))
+        changed = sorted(key for key in set(stored) | set(expected) if stored.get(key) != expected.get(key))
         return f"it was generated with a different config (fields {changed} differ)"
     digest, count = content_hash(root)
     if digest != manifest.get("content_hash"):
@@ -167,9 +168,9 @@ def _move_into_place(built: Path, root: Path) -> None:
 
 
 def generate_toy_world(config: ToyWorldConfig, root: str | Path, overwrite: bool = False) -> World:
-    """Generate the toy world of `config` under ROOT, or reuse ROOT when it already holds exactly that world.
+    """Generate the toy world of `config` under ROOT, or reuse ROOT when it already contains exactly that world.
 
-    A ROOT that holds another config's world, a partial world or other files raises
+    A ROOT that contains another config's world, a partial world or other files raises
     FileExistsError, unless `overwrite` is True; overwriting still refuses a folder with entries
     that the generator does not write.
     """

@@ -296,13 +296,8 @@ def _procedural(name: str) -> np.ndarray:
     bitmap = np.zeros((GLYPH_CELLS, GLYPH_CELLS), dtype=bool)
     bitmap[2:14, 2:8] = half
     bitmap[2:14, 8:14] = half[:, ::-1]
-    bitmap[2, 2:14] = True  # a full top bar keeps the glyph's extent the same for every name
+    bitmap[2, 2:14] = True  # a full top bar gives every procedural glyph the same width and top edge
     return bitmap
-
-
-def hand_drawn_names() -> tuple[str, ...]:
-    """Return the category names that have a hand-drawn glyph."""
-    return tuple(sorted(_DRAWINGS))
 
 
 def glyph(name: str) -> np.ndarray:

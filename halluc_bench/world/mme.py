@@ -3,8 +3,9 @@
 The files follow the official MME evaluation tool: one text file per subtask, each line
 `image_file <TAB> question <TAB> Yes|No`, and each image's two questions on adjacent lines,
 the Yes question first. An image for which a subtask cannot ask an unambiguous pair is left out
-of that subtask: position needs two objects of different categories that appear once each, and
-color needs annotations with a "color" key (real COCO has none, so no color file is written).
+of that subtask. Position needs two objects of different categories that appear once each.
+Color needs annotations with a "color" key, which real COCO lacks, so no color file is written
+for it.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ MME_SUBTASKS: tuple[str, ...] = ("existence", "count", "position", "color")
 
 @dataclass(frozen=True)
 class _ImageContext:
-    """What a subtask builder needs to know about one image."""
+    """The facts about one image that a subtask builder reads."""
 
     annotations: list[dict[str, Any]]
     names: list[str]  # category name of each annotation, same order
@@ -81,7 +82,9 @@ def _count(context: _ImageContext, rng: np.random.Generator) -> QuestionPair | N
 
 
 def _relations(first: list[float], second: list[float]) -> list[str]:
-    """Return the relations of box `first` to box `second` that hold without overlap on that axis."""
+    """Return the relations of box `first` to box `second` that are true without overlap on that axis."""
+    # NOTE: on real COCO images, separated boxes of large or occluding objects may still read as
+    # ambiguous to people; only the toy world's grid cells make every returned relation clear-cut.
     x1, y1, w1, h1 = first
     x2, y2, w2, h2 = second
     found = []
@@ -162,7 +165,9 @@ def build_mme_lines(
     resolved = resolve_mme_templates(templates)
     for key, template in resolved.items():
         if "\t" in template or "\n" in template or "\r" in template:
-            raise ValueError(f"MME template {key!r} contains a tab or line break, which the file format forbids: {template!r}")
+            raise ValueError(
+                f"MME template {key!r} contains a tab or line break, which the file format forbids: {template!r}"
+            )
     shared = {"templates": resolved, "category_names": world.category_names(),
               "cooccurrence": world.cooccurrence(cooccurrence_split or split),
               "palette": _palette(world, split), "cooccurring_share": cooccurring_share}
@@ -202,10 +207,12 @@ def write_mme_questions(
     written: dict[str, Path] = {}
     for subtask, subtask_lines in lines.items():
         if not subtask_lines:
-            logger.warning("no image of split %r supports MME subtask %r; %s.txt is not written", split, subtask, subtask)
+            logger.warning("no image of split %r supports MME subtask %r, so %s.txt is not written",
+                           split, subtask, subtask)
             continue
         path = root_out / f"{subtask}.txt"
         write_bytes_atomic(path, ("\n".join(subtask_lines) + "\n").encode("utf-8"))
         written[subtask] = path
-        logger.info("wrote %d %s questions for %d images to %s", len(subtask_lines), subtask, len(subtask_lines) // 2, path)
+        logger.info("wrote %d %s questions for %d images to %s",
+                    len(subtask_lines), subtask, len(subtask_lines) // 2, path)
     return written

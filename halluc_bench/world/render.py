@@ -8,7 +8,7 @@ from PIL import Image
 from .glyphs import glyph
 from .toy import PALETTE, Scene, ToyWorldConfig
 
-BACKGROUND_LEVEL = 40  # grey level of the background before noise; dark so that every palette colour stands out
+BACKGROUND_LEVEL = 40  # grey level of the background before noise, dark so that every palette colour contrasts with it
 
 
 class GlyphSet:

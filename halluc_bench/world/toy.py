@@ -1,7 +1,7 @@
 """Configuration and scene sampling of the synthetic toy world.
 
 A scene is a 2x2 grid of cells (reading order: 0 top left, 1 top right, 2 bottom left,
-3 bottom right) with one glyph per occupied cell, so an image holds 1 to 4 objects. Objects are
+3 bottom right) with one glyph per occupied cell, so an image contains 1 to 4 objects. Objects are
 drawn one category at a time. When a category that belongs to a co-occurrence pair is drawn, a
 coin with probability `cooccurrence_rate` decides whether its partner is placed right after it.
 If the coin says no, the partner is barred from that image. So among images that contain either
@@ -128,11 +128,16 @@ class ToyWorldConfig:
                 raise ValueError(f"ToyWorldConfig.pairs entry {pair} must hold two different category names")
             for name in pair:
                 if name not in self.categories:
-                    raise ValueError(f"ToyWorldConfig.pairs names {name!r}, which is not in categories {self.categories}")
+                    raise ValueError(
+                        f"ToyWorldConfig.pairs names {name!r}, which is not in categories {self.categories}"
+                    )
             members.extend(pair)
         repeated = sorted({name for name in members if members.count(name) > 1})
         if repeated:
-            raise ValueError(f"ToyWorldConfig.pairs must be disjoint (each category has at most one partner); {repeated} repeat")
+            raise ValueError(
+                f"ToyWorldConfig.pairs must be disjoint (each category has at most one partner), "
+                f"but {repeated} appear in more than one pair"
+            )
         if self.category_weights is not None and (
             len(self.category_weights) != len(self.categories)
             or not all(math.isfinite(w) and w > 0 for w in self.category_weights)
@@ -290,10 +295,15 @@ def _hallucination_anchors(config: ToyWorldConfig, scene: Scene) -> list[int]:
         return []
     partners = config.partner_of()
     present = set(scene.category_names())
-    return [i for i, obj in enumerate(scene.objects) if obj.category in partners and partners[obj.category] not in present]
+    return [
+        i for i, obj in enumerate(scene.objects)
+        if obj.category in partners and partners[obj.category] not in present
+    ]
 
 
-def _insert_partner(config: ToyWorldConfig, scene: Scene, anchors: list[int], rng: np.random.Generator) -> tuple[Mention, ...]:
+def _insert_partner(
+    config: ToyWorldConfig, scene: Scene, anchors: list[int], rng: np.random.Generator
+) -> tuple[Mention, ...]:
     """Return the scene's mentions with an absent partner named right after one anchor."""
     mentions = [Mention(obj.category, obj.color, obj.position) for obj in scene.objects]
     anchor = anchors[int(rng.integers(len(anchors)))]
@@ -327,15 +337,15 @@ def plan_split_captions(config: ToyWorldConfig, split: str, scenes: list[Scene])
     if split != "train":
         return plans
     total = sum(len(image_plans) for image_plans in plans)
-    wanted = round(config.caption_hallucination_rate * total)
-    if wanted > len(eligible):
+    requested = round(config.caption_hallucination_rate * total)
+    if requested > len(eligible):
         raise ValueError(
-            f"ToyWorldConfig.caption_hallucination_rate {config.caption_hallucination_rate} asks for {wanted} "
+            f"ToyWorldConfig.caption_hallucination_rate {config.caption_hallucination_rate} requests {requested} "
             f"hallucinated training captions, but only {len(eligible)} of {total} captions belong to an image "
             f"with an object whose partner is absent and a free cell, so the rate can be at most "
             f"{len(eligible) / total:.3f} here; lower caption_hallucination_rate or cooccurrence_rate"
         )
-    for slot in sorted(rng.choice(len(eligible), size=wanted, replace=False).tolist()):
+    for slot in sorted(rng.choice(len(eligible), size=requested, replace=False).tolist()):
         image_index, caption_index = eligible[slot]
         scene = scenes[image_index]
         mentions = _insert_partner(config, scene, _hallucination_anchors(config, scene), rng)
