@@ -4,13 +4,15 @@ Measures, at batch 32 with eager attention:
 
 1. time of one Hessian-vector product / time of one gradient, for a product computed from
    scratch (forward, backward with create_graph, second backward) and for a product that
-   reuses the kept first-order graph (second backward only);
+   reuses the kept first-order graph (second backward only, as the trace and eigenvalue
+   probes do after their first product);
 2. the number of Hutch++ products needed to reach the standard error that Hutchinson reaches
    with 100 probes, for several sketch sizes.
 
-Usage: ``python benchmarks/bench_hvp.py [--checkpoint DIR] [--repeats 3] [--threads 1]``.
+Usage: ``python benchmarks/bench_hvp.py [--checkpoint DIR] [--train-steps 150] [--threads 1]``.
 Without a checkpoint the model is a randomly initialised ``build_tiny_llava`` with default
-sizes and a 59-word vocabulary. The data are synthetic scenes (one coloured square) with
+sizes and a 59-word vocabulary; ``--train-steps`` first fits it to the captions, because
+Hutch++ only gains where a few eigenvalues dominate the Hessian, as in trained networks. The data are synthetic scenes (one coloured square) with
 template captions that name two objects, the second being the hallucinated one. Timings
 depend on the machine and its load, so repeat them.
 """
@@ -66,19 +68,18 @@ def synthetic_data(vlm: VisionLanguageModel, n_examples: int, image_size: int, s
     return UnlearningData(examples, [], {index: pixels[index] for index in range(n_examples)})
 
 
-def median_seconds(function: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def seconds(function: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
 
 
-def time_ratios(vlm: VisionLanguageModel, loss_fn, repeats: int) -> dict[str, float]:
-    """Return median seconds of a gradient, a fresh HVP and a graph-reusing HVP, and the two ratios."""
+def time_ratios(vlm: VisionLanguageModel, loss_fn, samples: int) -> dict[str, float]:
+    """Time a gradient, a fresh HVP and a graph-reusing HVP in interleaved rounds.
+
+    Each round times the three once, back to back, so load changes on a shared machine hit
+    all three alike. Returns the median seconds of each and the median of the per-round ratios.
+    """
     model = vlm.model
     with probe_mode(model):
         params = [parameter for parameter in model.parameters() if parameter.requires_grad]
@@ -86,14 +87,22 @@ def time_ratios(vlm: VisionLanguageModel, loss_fn, repeats: int) -> dict[str, fl
         def gradient() -> None:
             torch.autograd.grad(loss_fn(model), params, allow_unused=True)
 
-        with hessian_operator(model, loss_fn, reuse_graph=False) as fresh:
+        with hessian_operator(model, loss_fn, reuse_graph=False) as fresh, \
+                hessian_operator(model, loss_fn, reuse_graph=True) as reused:
             vector = torch.randn(fresh.dimension, generator=torch.Generator().manual_seed(0))
-            gradient_s = median_seconds(gradient, repeats)
-            fresh_s = median_seconds(lambda: fresh.matvec(vector), repeats)
-        with hessian_operator(model, loss_fn, reuse_graph=True) as reused:
-            reused_s = median_seconds(lambda: reused.matvec(vector), repeats)
-    return {"gradient_s": gradient_s, "fresh_hvp_s": fresh_s, "reused_hvp_s": reused_s,
-            "fresh_ratio": fresh_s / gradient_s, "reused_ratio": reused_s / gradient_s}
+            for function in (gradient, lambda: fresh.matvec(vector), lambda: reused.matvec(vector)):
+                function()  # warm-up
+            rounds = [
+                (seconds(gradient), seconds(lambda: fresh.matvec(vector)), seconds(lambda: reused.matvec(vector)))
+                for _ in range(samples)
+            ]
+    return {
+        "gradient_s": statistics.median(r[0] for r in rounds),
+        "fresh_hvp_s": statistics.median(r[1] for r in rounds),
+        "reused_hvp_s": statistics.median(r[2] for r in rounds),
+        "fresh_ratio": statistics.median(r[1] / r[0] for r in rounds),
+        "reused_ratio": statistics.median(r[2] / r[0] for r in rounds),
+    }
 
 
 def hutchpp_budget(vlm, loss_fn, probes: int, sketch_sizes: list[int], max_residual: int, seed: int) -> dict:
@@ -130,8 +139,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", help="local save_pretrained directory of the model (default: build one)")
     parser.add_argument("--batch-size", type=int, default=32, help="examples in the loss batch")
-    parser.add_argument("--repeats", type=int, default=3, help="how many times to repeat the whole timing")
-    parser.add_argument("--timing-samples", type=int, default=5, help="timed calls per measurement (median taken)")
+    parser.add_argument("--repeats", type=int, default=3, help="how many times to repeat the timing")
+    parser.add_argument("--timing-samples", type=int, default=5, help="interleaved timing rounds per repeat (medians taken)")
     parser.add_argument("--probes", type=int, default=100, help="Hutchinson probes that set the target stderr")
     parser.add_argument("--sketch-sizes", type=int, nargs="+", default=[5, 10, 20], help="Hutch++ sketch sizes")
     parser.add_argument("--max-residual", type=int, default=150, help="cap on Hutch++ residual probes")

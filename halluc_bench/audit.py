@@ -1,5 +1,8 @@
 """The standard audit: evaluate, mine, unlearn, attack, probe, and write a leaderboard.
 
+``run_audit`` also runs the full profile, which :mod:`halluc_bench.audit_full` implements on
+the same context, records and cache rules.
+
 Each finished cell is stored in the run directory as it completes, so an interrupted audit
 resumes where it stopped and a finished one is re-reported without recomputation.
 """
@@ -42,28 +45,38 @@ class AuditContext:
 
 
 def run_audit(config: RunConfig) -> Path:
-    """Run the standard audit and return the run directory."""
+    """Run the audit of ``config.profile`` and return the run directory."""
+    started = time.perf_counter()
+    context = prepare_audit(config)
+    if config.profile == "full":
+        from halluc_bench.audit_full import run_full_audit
+
+        return run_full_audit(context, started)
+    base, eval_set = context.base, context.eval_set
+    cached(context, f"{BASE}/eval", lambda: evaluate(base, eval_set))
+    cached(context, f"{BASE}/probe/trace", lambda: probe_trace(context, base, mined_data(context)))
+    data = mined_data(context)
+    for method in tqdm(config.methods, desc="methods", unit="method"):
+        audit_method(context, method, data)
+    paths = write_leaderboard(context.run, config)
+    logger.info("audit finished in %.1f s; leaderboard at %s", time.perf_counter() - started, paths["markdown"])
+    return context.run.root
+
+
+def prepare_audit(config: RunConfig) -> AuditContext:
+    """Open the run directory, check its stored configuration, load world and model, and fix the evaluation set."""
     torch.set_num_threads(config.threads)
     run = RunDirectory(config.output_dir)
     if not config.resume:
         run.clear()
     run.write_config(config.result_fields(), resume=config.resume)
-    started = time.perf_counter()
     world, base = resolve_world_and_model(config)
     pope_definition, chair_definition = load_task_definition("pope"), load_task_definition("chair")
     eval_set = build_evaluation_set(
         world, config.eval_split, base, pope_definition, chair_definition, config.seed,
         pope_images=config.pope_images, caption_images=config.caption_images,
     )
-    context = AuditContext(config, run, world, base, eval_set)
-    cached(context, f"{BASE}/eval", lambda: evaluate(base, eval_set))
-    cached(context, f"{BASE}/probe/trace", lambda: probe_trace(context, base, mined_data(context)))
-    data = mined_data(context)
-    for method in tqdm(config.methods, desc="methods", unit="method"):
-        audit_method(context, method, data)
-    paths = write_leaderboard(run, config)
-    logger.info("audit finished in %.1f s; leaderboard at %s", time.perf_counter() - started, paths["markdown"])
-    return run.root
+    return AuditContext(config, run, world, base, eval_set)
 
 
 def resolve_world_and_model(config: RunConfig) -> tuple[World, VisionLanguageModel]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from halluc_bench import __version__
-from halluc_bench.config import RunConfig, default_cache_dir
+from halluc_bench.config import PROFILES, FullProfileSettings, RunConfig, default_cache_dir
 
 logger = logging.getLogger("halluc_bench")
 
@@ -28,6 +28,16 @@ def _int_list(text: str) -> tuple[int, ...]:
     return values
 
 
+def _float_list(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return values
+
+
 def _name_list(text: str) -> tuple[str, ...]:
     names = tuple(part.strip() for part in text.split(",") if part.strip())
     if not names:
@@ -36,14 +46,17 @@ def _name_list(text: str) -> tuple[str, ...]:
 
 
 def add_run_command(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``halluc-bench run``: the standard audit."""
+    """Add ``halluc-bench run``: the standard audit, or the full one with ``--profile full``."""
     defaults = RunConfig()
     parser = subparsers.add_parser(
         "run",
-        help="run the standard audit (evaluate, unlearn, attack, probe, leaderboard)",
-        description="Run the standard robustness audit. Without --checkpoint it audits the built-in organism, "
-        "a small LLaVA trained on the toy world (built on first use and cached).",
+        help="run the robustness audit (evaluate, unlearn, attack, probe, leaderboard)",
+        description="Run the robustness audit: the standard profile by default, or with --profile full a "
+        "learning-rate grid per method, every attack and sharpness probe, and sharpness-resurgence correlations. "
+        "Without --checkpoint it audits the built-in organism, a small LLaVA trained on the toy world "
+        "(built on first use and cached).",
     )
+
     parser.add_argument("--output-dir", type=Path, default=defaults.output_dir,
                         help="run directory for config, records, checkpoints and leaderboard (default: %(default)s)")
     parser.add_argument("--cache-dir", type=Path, default=None,
@@ -53,8 +66,10 @@ def add_run_command(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--world", type=Path, default=None,
                         help="COCO-format folder (annotations/instances_<split>.json, captions_<split>.json, images) "
                         "to evaluate --checkpoint on (default: the toy world)")
-    parser.add_argument("--methods", type=_name_list, default=defaults.methods,
-                        help="comma-separated unlearning methods (default: %(default)s); see `halluc-bench methods`")
+    parser.add_argument("--methods", type=_name_list, default=None,
+                        help=f"comma-separated unlearning methods, or 'all' for every registered one (default: "
+                        f"{','.join(defaults.methods)} for the standard profile, all for the full profile); "
+                        "see `halluc-bench methods`")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed of every stage (default: %(default)s)")
     parser.add_argument("--unlearn-steps", type=int, default=defaults.unlearn_steps,
                         help="optimizer steps of every unlearning method (default: %(default)s)")
@@ -88,22 +103,97 @@ def add_run_command(subparsers: argparse._SubParsersAction) -> None:
                         help="torch CPU threads; keep it fixed to reproduce numbers (default: %(default)s)")
     parser.add_argument("--no-resume", action="store_true",
                         help="discard records in --output-dir and start over (default: resume)")
+    _add_full_profile_arguments(parser)
     parser.set_defaults(handler=_handle_run)
+
+
+def _joined(values: tuple) -> str:
+    return ",".join(f"{value:g}" if isinstance(value, float) else str(value) for value in values) or "none"
+
+
+# (option, FullProfileSettings field, parser, help without the default)
+FULL_PROFILE_OPTIONS = (
+    ("--seeds", "seeds", _int_list, "comma-separated seeds; each one repeats mining, learning-rate selection, "
+     "unlearning, attacks and probes (default: --seed alone)"),
+    ("--lr-grid", "lr_factors", _float_list, "comma-separated multipliers of each method's default learning rate"),
+    ("--selection-split", "selection_split", str, "split whose captions select the learning rate"),
+    ("--selection-caption-images", "selection_caption_images", int,
+     "validation images captioned per grid point (default: --caption-images)"),
+    ("--min-recall-share", "min_recall_share", float,
+     "a learning rate qualifies when its validation recall is at least this share of the base model's"),
+    ("--collapse-recall-share", "collapse_recall_share", float,
+     "recall below this share of the base model's flags a model as collapsed"),
+    ("--collapse-retain-rise", "collapse_retain_rise", float,
+     "retain-loss rise in nats (training log, or retain NLL over the base model's) that flags a collapse"),
+    ("--relearn-sample-grid", "relearn_sample_grid", _int_list,
+     "comma-separated extra attacker sample counts k besides --relearn-samples"),
+    ("--noise-sigmas", "noise_sigmas", _float_list, "comma-separated noise levels relative to each tensor's RMS"),
+    ("--noise-draws", "noise_draws", int, "noise draws per sigma"),
+    ("--worst-case-radii", "worst_case_radii", _float_list,
+     "comma-separated L2 radii of the worst-case attack, relative to the weight norm"),
+    ("--worst-case-steps", "worst_case_steps", int, "projected gradient-ascent steps of the worst-case attack"),
+    ("--quantization", "quantization", _name_list, "comma-separated settings int<bits>-per_channel|per_group"),
+    ("--quantization-group-size", "quantization_group_size", int, "inputs per scale of per_group quantization"),
+    ("--probe-examples", "probe_examples", int,
+     "hallucinated captions on which the hallucinated-token probability is measured"),
+    ("--hutchpp-sketch", "hutchpp_sketch", int, "sketch columns of the Hutch++ trace"),
+    ("--hutchpp-probes", "hutchpp_probes", int, "residual probes of the Hutch++ trace"),
+    ("--eigenvalues", "eigenvalues", int, "top Hessian eigenvalues estimated by Lanczos"),
+    ("--lanczos-iterations", "lanczos_iterations", int, "Hessian-vector products of the Lanczos iteration at most"),
+    ("--sharpness-radius", "sharpness_radius", float, "absolute L2 radius of the epsilon-sharpness ball"),
+    ("--sharpness-steps", "sharpness_steps", int, "gradient-ascent steps of epsilon-sharpness"),
+    ("--surface-points", "surface_points", int, "points of the 1-D loss surface"),
+    ("--surface-span", "surface_span", float, "the 1-D loss surface covers alpha in [-span, span]"),
+    ("--interpolation-points", "interpolation_points", int, "points per segment of base -> unlearned -> relearned"),
+)
+
+
+def _add_full_profile_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", choices=PROFILES, default=RunConfig().profile,
+                        help="standard: the fixed-rate audit; full: learning-rate grid, every attack and probe, "
+                        "and sharpness-resurgence correlations (default: %(default)s)")
+    group = parser.add_argument_group("full profile", "options read only with --profile full")
+    defaults = FullProfileSettings()
+    for option, name, parse, text in FULL_PROFILE_OPTIONS:
+        value = getattr(defaults, name)
+        default_value = _joined(value) if isinstance(value, tuple) else value
+        default_text = "" if "(default:" in text else f" (default: {default_value})"
+        metavar = option.lstrip("-").upper().replace("-", "_")
+        group.add_argument(option, dest=f"full_{name}", type=parse, default=None, metavar=metavar,
+                           help=f"{text}{default_text}")
+
+
+def _full_settings(args: argparse.Namespace) -> FullProfileSettings:
+    passed = {name: getattr(args, f"full_{name}") for _, name, _, _ in FULL_PROFILE_OPTIONS
+              if getattr(args, f"full_{name}") is not None}
+    if passed and args.profile != "full":
+        options = [option for option, name, _, _ in FULL_PROFILE_OPTIONS if name in passed]
+        raise ValueError(f"{', '.join(options)} apply only to the full profile; add --profile full")
+    return FullProfileSettings(**passed)
+
+
+def _methods(args: argparse.Namespace) -> tuple[str, ...]:
+    from halluc_bench.unlearning.base import UNLEARNERS
+
+    if args.methods is None:
+        return tuple(UNLEARNERS.names()) if args.profile == "full" else RunConfig().methods
+    if "all" in args.methods:
+        return tuple(UNLEARNERS.names())
+    for method in args.methods:
+        UNLEARNERS.get(method)  # fail before any expensive stage
+    return args.methods
 
 
 def _handle_run(args: argparse.Namespace) -> int:
     from halluc_bench.audit import run_audit
-    from halluc_bench.unlearning.base import UNLEARNERS
 
-    for method in args.methods:
-        UNLEARNERS.get(method)  # fail before any expensive stage
     config = RunConfig(
         seed=args.seed,
         output_dir=args.output_dir,
         cache_dir=args.cache_dir or default_cache_dir(),
         checkpoint=args.checkpoint,
         world=args.world,
-        methods=args.methods,
+        methods=_methods(args),
         unlearn_steps=args.unlearn_steps,
         unlearn_batch_size=args.unlearn_batch_size,
         mine_images=args.mine_images,
@@ -118,6 +208,8 @@ def _handle_run(args: argparse.Namespace) -> int:
         pope_images=args.pope_images,
         caption_images=args.caption_images,
         threads=args.threads,
+        profile=args.profile,
+        full=_full_settings(args),
         resume=not args.no_resume,
     )
     run_dir = run_audit(config)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
 
@@ -48,15 +49,19 @@ def build_evaluation_set(
     seed: int,
     pope_images: int | None = None,
     caption_images: int | None = None,
+    pope_strategies: Sequence[str] | None = None,
 ) -> EvaluationSet:
     """Build POPE questions and pick caption images from ``split``, and preprocess their pixels once.
 
     ``pope_images`` and ``caption_images`` override the image counts of the task definitions.
+    ``pope_strategies`` overrides the definition's strategies; an empty sequence builds a
+    captions-only set (for CHAIR alone).
     """
     coco = world.coco(split)
     id_by_file = {image["file_name"]: image_id for image_id, image in coco.imgs.items()}
     questions, question_image_ids = {}, {}
-    for strategy in pope_definition["strategies"]:
+    strategies = pope_definition["strategies"] if pope_strategies is None else list(pope_strategies)
+    for strategy in strategies:
         records = pope.build_pope(coco, strategy=strategy, n_images=pope_images or pope_definition["images"], seed=seed)
         questions[strategy] = records
         question_image_ids[strategy] = [id_by_file[record["image"]] for record in records]

@@ -145,6 +145,8 @@ def _batch_rows(n_examples: int, batch_size: int, generator: torch.Generator) ->
 
 
 def _snapshot(vlm: VisionLanguageModel, model: torch.nn.Module, step: int, benign: bool) -> VisionLanguageModel:
+    # NOTE: each requested step count keeps a full in-memory copy of the model, so billion-parameter
+    # models can afford only a few step counts per run.
     copied = copy.deepcopy(model).eval()
     label = "benign-relearn" if benign else "relearn"
     return VisionLanguageModel(copied, vlm.processor, name=f"{vlm.name}+{label}@{step}")

@@ -47,9 +47,12 @@ class ExampleConfig:
     no_answer: str = "No"
     negative_sampling: NegativeSampling = "uniform"
     label_source: LabelSource = "annotations"
+    # Train only on reference captions that start with one of these prefixes; () keeps all.
+    caption_prefixes: tuple[str, ...] = ()
     seed: int = 0
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "caption_prefixes", tuple(self.caption_prefixes))
         if "{object}" not in self.yes_no_template:
             raise ValueError(f"ExampleConfig.yes_no_template {self.yes_no_template!r} lacks the {{object}} placeholder")
         if self.negative_sampling not in ("uniform", "partner"):
@@ -124,6 +127,7 @@ def build_training_data(
         TrainingExample(row, config.caption_question, caption, "caption")
         for row, image_id in enumerate(image_ids)
         for caption in world.reference_captions(split, image_id)
+        if not config.caption_prefixes or caption.startswith(config.caption_prefixes)
     ]
     yes_no = yes_no_examples(world, split, image_ids, config)
     logger.info("training data: %d images, %d captions, %d yes/no questions", len(image_ids), len(captions), len(yes_no))

@@ -199,6 +199,7 @@ def hutchpp_trace(
     with hessian_operator(model, loss_fn, params) as operator:
         rank = min(sketch_size, operator.dimension)
         columns = [operator.matvec(rademacher(operator.dimension, generator, operator.device, operator.dtype)) for _ in range(rank)]
+        # NOTE: the sketch is a dense (dimension, rank) matrix, fine for millions of parameters, not billions.
         basis, _ = torch.linalg.qr(torch.stack(columns, dim=1))  # (dimension, rank), orthonormal columns
         low_rank = sum(_quadratic_form(operator, basis[:, column]) for column in range(rank))
         if rank == operator.dimension:  # the sketch spans the whole space: the trace is exact

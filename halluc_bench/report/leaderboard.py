@@ -56,12 +56,12 @@ def relearn_curve(records: dict[str, dict], method: str) -> list[tuple[int, floa
 def leaderboard_rows(records: dict[str, dict], config: RunConfig) -> list[dict]:
     """One row per model: the base model first, then every method in run order."""
     base_eval = records[f"{BASE}/eval"]
-    rows = [_row(BASE, base_eval, records.get(f"{BASE}/probe/trace"))]
+    rows = [standard_row(BASE, base_eval, records.get(f"{BASE}/probe/trace"))]
     for method in config.methods:
         if f"{method}/eval" not in records:
             logger.warning("no evaluation of %s in the run directory; left out of the leaderboard", method)
             continue
-        row = _row(method, records[f"{method}/eval"], records.get(f"{method}/probe/trace"))
+        row = standard_row(method, records[f"{method}/eval"], records.get(f"{method}/probe/trace"))
         curve = relearn_curve(records, method)
         if len(curve) > 1:
             attacked = curve[-1][1]
@@ -71,7 +71,8 @@ def leaderboard_rows(records: dict[str, dict], config: RunConfig) -> list[dict]:
     return rows
 
 
-def _row(model: str, evaluation: dict, trace: dict | None) -> dict:
+def standard_row(model: str, evaluation: dict, trace: dict | None) -> dict:
+    """Return the standard columns of one model from its evaluation and trace records; missing values are NaN."""
     chair, pope = evaluation["chair"], evaluation["pope"]
     row = {
         "model": model,
