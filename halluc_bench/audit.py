@@ -9,6 +9,7 @@ resumes where it stopped and a finished one is re-reported without recomputation
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import time
@@ -19,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from halluc_bench.config import RunConfig
+from halluc_bench.tasks.mme_eval import evaluate_mme
 from halluc_bench.evaluation import EvaluationSet, build_evaluation_set, evaluate, evaluate_chair, evaluate_pope
 from halluc_bench.models.loader import load_vlm
 from halluc_bench.models.vlm import VisionLanguageModel
@@ -72,9 +74,12 @@ def prepare_audit(config: RunConfig) -> AuditContext:
     run.write_config(config.result_fields(), resume=config.resume)
     world, base = resolve_world_and_model(config)
     pope_definition, chair_definition = load_task_definition("pope"), load_task_definition("chair")
+    mme_definition = load_task_definition("mme")
+    if config.mme_images is not None:
+        mme_definition = dataclasses.replace(mme_definition, settings={**mme_definition.settings, "images": config.mme_images})
     eval_set = build_evaluation_set(
         world, config.eval_split, base, pope_definition, chair_definition, config.seed,
-        pope_images=config.pope_images, caption_images=config.caption_images,
+        pope_images=config.pope_images, caption_images=config.caption_images, mme_definition=mme_definition,
     )
     return AuditContext(config, run, world, base, eval_set)
 
@@ -222,6 +227,7 @@ def attack_relearn(context: AuditContext, method: str, unlearned: VisionLanguage
         cached(context, key, lambda: {
             "chair": _without_captions(evaluate_chair(attacked, context.eval_set)),
             "pope": evaluate_pope(attacked, context.eval_set, ["adversarial"]),
+            **({"mme": evaluate_mme(attacked, context.eval_set.mme)} if context.eval_set.mme else {}),
             "attack": {"name": "relearn", "samples": len(examples), "steps": steps, **info},
         })
 

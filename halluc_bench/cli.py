@@ -99,6 +99,8 @@ def add_run_command(subparsers: argparse._SubParsersAction) -> None:
                         help="images per POPE strategy, 6 questions each (default: the POPE task definition's count)")
     parser.add_argument("--caption-images", type=int, default=None,
                         help="evaluation images captioned for CHAIR (default: the CHAIR task definition's count)")
+    parser.add_argument("--mme-images", type=int, default=None,
+                        help="evaluation images per MME subtask, 2 questions each (default: the MME task definition's count)")
     parser.add_argument("--threads", type=int, default=defaults.threads,
                         help="torch CPU threads; keep it fixed to reproduce numbers (default: %(default)s)")
     parser.add_argument("--no-resume", action="store_true",
@@ -207,6 +209,7 @@ def _handle_run(args: argparse.Namespace) -> int:
         trace_probes=args.trace_probes,
         pope_images=args.pope_images,
         caption_images=args.caption_images,
+        mme_images=args.mme_images,
         threads=args.threads,
         profile=args.profile,
         full=_full_settings(args),

@@ -154,6 +154,7 @@ class RunConfig:
     trace_examples: int = 32  # forget examples in the fixed batch the trace is taken on
     pope_images: int | None = None  # images per POPE strategy; None takes the task definition's count
     caption_images: int | None = None  # images captioned for CHAIR; None takes the task definition's count
+    mme_images: int | None = None  # images per MME subtask; None takes the task definition's count
     threads: int = 2  # torch CPU threads; fixed so that results are reproducible
     profile: Profile = "standard"  # "full" adds the learning-rate grid, every attack and probe, and correlations
     full: FullProfileSettings = field(default_factory=FullProfileSettings)
@@ -166,7 +167,7 @@ class RunConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("pope_images", "caption_images"):
+        for name in ("pope_images", "caption_images", "mme_images"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer or None, got {value!r}")

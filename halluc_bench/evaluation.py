@@ -18,6 +18,7 @@ from halluc_bench.models.vlm import VisionLanguageModel
 from halluc_bench.tasks import pope
 from halluc_bench.tasks.chair import ChairEvaluator
 from halluc_bench.tasks.definitions import TaskDefinition
+from halluc_bench.tasks.mme_eval import MmeEvalSet, build_mme_set, evaluate_mme
 from halluc_bench.world.coco import World
 
 logger = logging.getLogger(__name__)
@@ -35,9 +36,13 @@ class EvaluationSet:
     chair: ChairEvaluator = field(repr=False)
     pope_definition: TaskDefinition = field(repr=False)
     chair_definition: TaskDefinition = field(repr=False)
+    mme: MmeEvalSet | None = field(default=None, repr=False)  # None when the run skips MME
 
     def versions(self) -> dict[str, int]:
-        return {"pope": self.pope_definition.version, "chair": self.chair_definition.version}
+        versions = {"pope": self.pope_definition.version, "chair": self.chair_definition.version}
+        if self.mme is not None:
+            versions["mme"] = self.mme.version
+        return versions
 
 
 def build_evaluation_set(
@@ -50,12 +55,14 @@ def build_evaluation_set(
     pope_images: int | None = None,
     caption_images: int | None = None,
     pope_strategies: Sequence[str] | None = None,
+    mme_definition: TaskDefinition | None = None,
 ) -> EvaluationSet:
     """Build POPE questions and pick caption images from ``split``, and preprocess their pixels once.
 
     ``pope_images`` and ``caption_images`` override the image counts of the task definitions.
     ``pope_strategies`` overrides the definition's strategies; an empty sequence builds a
-    captions-only set (for CHAIR alone).
+    captions-only set (for CHAIR alone). With ``mme_definition`` the set also holds MME-style
+    questions (existence, count, position, color) for the first ``images`` images per subtask.
     """
     coco = world.coco(split)
     id_by_file = {image["file_name"]: image_id for image_id, image in coco.imgs.items()}
@@ -74,8 +81,13 @@ def build_evaluation_set(
     chair = ChairEvaluator.from_coco(
         [world.instances_path(split)], [world.captions_path(split)], lemmatizer=chair_definition["lemmatizer"]
     )
+    mme_set = None
+    if mme_definition is not None:
+        mme_set = limit_mme_images(build_mme_set(world, split, mme_definition, seed), int(mme_definition["images"]))
+        mme_set.ensure_pixels(vlm)
     return EvaluationSet(
         split=split,
+        mme=mme_set,
         pope_questions=questions,
         pope_image_ids=question_image_ids,
         caption_image_ids=caption_ids,
@@ -84,6 +96,15 @@ def build_evaluation_set(
         pope_definition=pope_definition,
         chair_definition=chair_definition,
     )
+
+
+def limit_mme_images(mme_set: MmeEvalSet, images: int) -> MmeEvalSet:
+    """Keep the first ``images`` images (two adjacent questions each) of every MME subtask."""
+    if images < 1:
+        raise ValueError(f"MME images per subtask must be positive, got {images}")
+    mme_set.lines = {subtask: lines[: 2 * images] for subtask, lines in mme_set.lines.items()}
+    mme_set.image_ids = {subtask: ids[: 2 * images] for subtask, ids in mme_set.image_ids.items()}
+    return mme_set
 
 
 def evaluate_pope(vlm: VisionLanguageModel, eval_set: EvaluationSet, strategies: list[str] | None = None) -> dict:
@@ -115,7 +136,10 @@ def evaluate_chair(vlm: VisionLanguageModel, eval_set: EvaluationSet) -> dict:
 
 
 def evaluate(vlm: VisionLanguageModel, eval_set: EvaluationSet, pope_strategies: list[str] | None = None) -> dict:
-    """Score CHAIR and POPE; the result keeps captions so that every number can be re-checked."""
+    """Score CHAIR, POPE and (when the set has it) MME; the result keeps captions so that every number can be re-checked."""
     chair = evaluate_chair(vlm, eval_set)
     pope_metrics = evaluate_pope(vlm, eval_set, pope_strategies)
-    return {"chair": chair, "pope": pope_metrics, "task_versions": eval_set.versions()}
+    result = {"chair": chair, "pope": pope_metrics, "task_versions": eval_set.versions()}
+    if eval_set.mme is not None:
+        result["mme"] = evaluate_mme(vlm, eval_set.mme)
+    return result

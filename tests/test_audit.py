@@ -69,7 +69,7 @@ def tiny_config(tiny_setup, output_dir: Path, **changes) -> RunConfig:
         seed=0, output_dir=output_dir, cache_dir=output_dir / "cache", checkpoint=checkpoint, world=world,
         methods=("graddiff", "sare"), unlearn_steps=2, unlearn_batch_size=4, mine_images=40, relearn_samples=4,
         relearn_steps=(1, 2), relearn_batch_size=2, trace_probes=2, trace_examples=4, pope_images=5,
-        caption_images=8, threads=1,
+        caption_images=8, mme_images=4, threads=1,
     )
     return dataclasses.replace(config, **changes)
 
@@ -86,6 +86,7 @@ def cli_arguments(config: RunConfig) -> list[str]:
         "--trace-probes", str(config.trace_probes), "--trace-examples", str(config.trace_examples),
         "--eval-split", config.eval_split, "--mine-split", config.mine_split,
         "--pope-images", str(config.pope_images), "--caption-images", str(config.caption_images),
+        "--mme-images", str(config.mme_images),
         "--threads", str(config.threads),
     ]
 
@@ -107,7 +108,8 @@ def test_audit_writes_leaderboard(finished_run):
 
 def test_audit_rows_carry_numbers(finished_run):
     frame = pd.read_csv(finished_run / "leaderboard.csv").set_index("model")
-    for column in ("CHAIR_s", "CHAIR_i", "recall", "POPE adv F1", "Hessian trace", "trace SE"):
+    for column in ("CHAIR_s", "CHAIR_i", "recall", "POPE adv F1", "MME existence", "MME count", "MME position",
+                   "MME color", "Hessian trace", "trace SE"):
         for model in ("base", "graddiff", "sare"):
             assert math.isfinite(frame.loc[model, column]), (model, column)
     for model in ("graddiff", "sare"):
@@ -122,7 +124,8 @@ def test_audit_records_provenance(finished_run):
     attack = records["sare/relearn/steps=2"]["attack"]
     assert attack["samples"] == 4
     assert attack["sample_hash"]
-    assert records["base/eval"]["task_versions"] == {"chair": 1, "pope": 1}
+    assert records["base/eval"]["task_versions"] == {"chair": 1, "mme": 1, "pope": 1}
+    assert records["sare/relearn/steps=2"]["mme"]["existence"] is not None
 
 
 def test_audit_resume_reuses_records(tiny_setup, finished_run, monkeypatch):

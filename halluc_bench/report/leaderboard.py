@@ -25,6 +25,10 @@ COLUMNS = {
     "recall": "recall",
     "pope_random_f1": "POPE rand F1",
     "pope_adversarial_f1": "POPE adv F1",
+    "mme_existence": "MME existence",
+    "mme_count": "MME count",
+    "mme_position": "MME position",
+    "mme_color": "MME color",
     "relearn_chair_i": "CHAIR_i relearned",
     "resurgence": "resurgence",
     "hessian_trace": "Hessian trace",
@@ -86,6 +90,10 @@ def standard_row(model: str, evaluation: dict, trace: dict | None) -> dict:
         "hessian_trace": math.nan,
         "hessian_trace_se": math.nan,
     }
+    mme = evaluation.get("mme") or {}
+    for subtask in ("existence", "count", "position", "color"):
+        value = mme.get(subtask)
+        row[f"mme_{subtask}"] = math.nan if value is None else value
     if trace is not None:
         row["hessian_trace"] = trace["hessian_trace"]["trace"]
         row["hessian_trace_se"] = trace["hessian_trace"]["stderr"]
