@@ -1,9 +1,9 @@
 """Build the organism from scratch and score it on the test split with the audit's own metrics.
 
-Reports the build and training time (wall clock and process CPU seconds), seconds per
-training step, and on the held-out test split: caption recall, CHAIR_s, CHAIR_i, the share
-of captions that name an absent co-occurrence partner, and POPE F1 for random, popular and
-adversarial negatives. The evaluation uses the same task definitions, question builder and
+Reports the build and training time (wall clock and process CPU seconds) and the seconds
+per training step. On the held-out test split it reports caption recall, CHAIR_s, CHAIR_i,
+the share of captions that name an absent co-occurrence partner, and POPE F1 for random,
+popular and adversarial negatives. The evaluation uses the same task definitions, question builder and
 scorers as ``halluc-bench run``.
 
 Usage::

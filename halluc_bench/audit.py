@@ -37,7 +37,7 @@ BASE = "base"
 
 @dataclass
 class AuditContext:
-    """What every stage of one audit shares."""
+    """The state shared by every stage of one audit."""
 
     config: RunConfig
     run: RunDirectory
@@ -199,14 +199,17 @@ def unlearn(context: AuditContext, method: str, data: UnlearningData, model_dir:
     from halluc_bench.unlearning.base import make_unlearner
 
     config = context.config
-    unlearner = make_unlearner(method, steps=config.unlearn_steps, batch_size=config.unlearn_batch_size, seed=config.seed)
+    unlearner = make_unlearner(
+        method, steps=config.unlearn_steps, batch_size=config.unlearn_batch_size, seed=config.seed,
+        learning_rate=config.unlearn_learning_rate,
+    )
     result = unlearner.unlearn(context.base, data, reference=context.base)
     result.save(model_dir)
     return result.summary()
 
 
 def relearn_examples(context: AuditContext, data: UnlearningData) -> list[SpanExample]:
-    """The k hallucinated captions the attacker fine-tunes on, drawn from the forget set with the run seed."""
+    """Draw the k hallucinated captions the attacker fine-tunes on from the forget set, with the run seed."""
     count = min(context.config.relearn_samples, len(data.forget))
     return random.Random(context.config.seed + 1).sample(data.forget, count)
 

@@ -77,6 +77,8 @@ def add_run_command(subparsers: argparse._SubParsersAction) -> None:
                         help="forget and retain examples per unlearning step (default: %(default)s)")
     parser.add_argument("--mine-images", type=int, default=defaults.mine_images,
                         help="training images captioned to mine forget and retain spans (default: %(default)s)")
+    parser.add_argument("--unlearn-lr", type=float, default=defaults.unlearn_learning_rate,
+                        help="learning rate of every unlearning method in the standard profile (default: %(default)s)")
     parser.add_argument("--relearn-samples", type=int, default=defaults.relearn_samples,
                         help="hallucinated captions the relearning attack fine-tunes on (default: %(default)s)")
     parser.add_argument("--relearn-steps", type=_int_list, default=defaults.relearn_steps,
@@ -201,6 +203,7 @@ def _handle_run(args: argparse.Namespace) -> int:
         mine_images=args.mine_images,
         relearn_samples=args.relearn_samples,
         relearn_steps=args.relearn_steps,
+        unlearn_learning_rate=args.unlearn_lr,
         relearn_learning_rate=args.relearn_lr,
         relearn_batch_size=args.relearn_batch_size,
         trace_examples=args.trace_examples,

@@ -148,7 +148,10 @@ class RunConfig:
     mine_images: int = 800  # training images captioned to mine forget and retain spans
     relearn_samples: int = 16  # k hallucinated captions the attacker fine-tunes on
     relearn_steps: tuple[int, ...] = (5, 10, 20, 40)  # optimizer steps s at which the attack is evaluated
-    relearn_learning_rate: float = 1e-3
+    # 1e-5 lowers the organism's CHAIR_i with GradDiff and SARE while recall stays near the base
+    # model's; 3e-5 already costs a third of its recall.
+    unlearn_learning_rate: float = 1e-5
+    relearn_learning_rate: float = 1e-4
     relearn_batch_size: int = 8
     trace_probes: int = 32  # Rademacher probes of the Hutchinson Hessian-trace estimate
     trace_examples: int = 32  # forget examples in the fixed batch the trace is taken on
@@ -179,6 +182,8 @@ class RunConfig:
             raise ValueError(f"relearn_steps must be positive step counts, got {self.relearn_steps!r}")
         if list(self.relearn_steps) != sorted(set(self.relearn_steps)):
             raise ValueError(f"relearn_steps must be strictly increasing, got {self.relearn_steps!r}")
+        if not self.unlearn_learning_rate > 0:
+            raise ValueError(f"unlearn_learning_rate must be positive, got {self.unlearn_learning_rate!r}")
         if not self.relearn_learning_rate > 0:
             raise ValueError(f"relearn_learning_rate must be positive, got {self.relearn_learning_rate!r}")
         if self.world is not None and self.checkpoint is None:

@@ -61,7 +61,7 @@ def build_evaluation_set(
 
     ``pope_images`` and ``caption_images`` override the image counts of the task definitions.
     ``pope_strategies`` overrides the definition's strategies; an empty sequence builds a
-    captions-only set (for CHAIR alone). With ``mme_definition`` the set also holds MME-style
+    captions-only set (for CHAIR alone). With ``mme_definition`` the set also contains MME-style
     questions (existence, count, position, color) for the first ``images`` images per subtask.
     """
     coco = world.coco(split)

@@ -82,7 +82,7 @@ def cli_arguments(config: RunConfig) -> list[str]:
         "--unlearn-batch-size", str(config.unlearn_batch_size), "--mine-images", str(config.mine_images),
         "--relearn-samples", str(config.relearn_samples),
         "--relearn-steps", ",".join(str(s) for s in config.relearn_steps),
-        "--relearn-lr", str(config.relearn_learning_rate), "--relearn-batch-size", str(config.relearn_batch_size),
+        "--unlearn-lr", str(config.unlearn_learning_rate), "--relearn-lr", str(config.relearn_learning_rate), "--relearn-batch-size", str(config.relearn_batch_size),
         "--trace-probes", str(config.trace_probes), "--trace-examples", str(config.trace_examples),
         "--eval-split", config.eval_split, "--mine-split", config.mine_split,
         "--pope-images", str(config.pope_images), "--caption-images", str(config.caption_images),

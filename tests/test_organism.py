@@ -248,7 +248,7 @@ def test_mismatched_manifest_rejected(cache_copy):
     manifest = json.loads(paths.manifest_path.read_text())
     manifest["config"]["training"]["steps"] = 999
     paths.manifest_path.write_text(json.dumps(manifest))
-    with pytest.raises(OrganismCacheError, match="another config") as caught:
+    with pytest.raises(OrganismCacheError, match="training differ") as caught:
         build_organism(config, cache, progress=False)
     assert str(paths.root) in str(caught.value)
 

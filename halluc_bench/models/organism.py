@@ -35,6 +35,7 @@ from typing import Any, Iterator
 import torch
 import transformers
 
+from halluc_bench.config import default_cache_dir
 from halluc_bench.models.loader import CheckpointError, check_checkpoint_dir, load_vlm, save_vlm
 from halluc_bench.models.organism_data import ExampleConfig, build_training_data, organism_vocabulary
 from halluc_bench.models.organism_eval import evaluate_captions, evaluate_pope, pope_images_available
@@ -52,9 +53,22 @@ MANIFEST_NAME = "organism.json"
 EVAL_SPLIT = "val"
 
 
+def _default_world() -> ToyWorldConfig:
+    # Glyphs that fill their grid cell without jitter line up with 2x2 patches of 16 pixels: the
+    # vision tower then learns to detect objects within about 100 steps, against more than 1,000
+    # steps for jittered 16-pixel glyphs. 15% of training captions name an absent partner.
+    return ToyWorldConfig(glyph_size=32, position_jitter=0, caption_hallucination_rate=0.15)
+
+
 def _default_model() -> TinyLlavaConfig:
     # Patches of 16 pixels give 16 image tokens per 64-pixel scene, half the cost of patches of 8.
     return TinyLlavaConfig(patch_size=16)
+
+
+def _default_examples() -> ExampleConfig:
+    # "a photo of a fork, a knife and a cup." names objects only: short sequences, and a caption
+    # of four objects fits the 24 new tokens that CHAIR generates.
+    return ExampleConfig(caption_prefixes=("a photo of",))
 
 
 @dataclass(frozen=True)
@@ -66,9 +80,9 @@ class OrganismConfig:
     exact weights, depend on the thread count.
     """
 
-    world: ToyWorldConfig = field(default_factory=ToyWorldConfig)
+    world: ToyWorldConfig = field(default_factory=_default_world)
     model: TinyLlavaConfig = field(default_factory=_default_model)
-    examples: ExampleConfig = field(default_factory=ExampleConfig)
+    examples: ExampleConfig = field(default_factory=_default_examples)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     eval_images: int = 100  # validation images of the quick check after training; 0 skips it
     threads: int = 2  # torch CPU threads while building
@@ -91,9 +105,10 @@ class OrganismConfig:
                 raise ValueError(f"OrganismConfig.{name} must be an integer >= {minimum}, got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
+        """Return the config as JSON-ready data (tuples become lists), as stored in the manifest."""
         model = self.model.to_dict()
         model.pop("vocabulary")
-        return {
+        data = {
             "format": ORGANISM_FORMAT,
             "world": self.world.to_json(),
             "model": model,
@@ -102,6 +117,7 @@ class OrganismConfig:
             "eval_images": self.eval_images,
             "threads": self.threads,
         }
+        return json.loads(json.dumps(data))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "OrganismConfig":
@@ -149,7 +165,7 @@ class OrganismCacheError(ValueError):
 
 @dataclass(frozen=True)
 class OrganismPaths:
-    """Where one organism and its world live in the cache."""
+    """Cache locations of one organism and its world."""
 
     root: Path  # organisms/<organism hash>
     world_dir: Path  # worlds/<world hash>
@@ -189,8 +205,15 @@ def read_manifest(paths: OrganismPaths, config: OrganismConfig) -> dict[str, Any
         manifest = json.loads(paths.manifest_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise OrganismCacheError(f"organism manifest {paths.manifest_path} is unreadable ({error}); {fix}") from None
-    if not isinstance(manifest, dict) or manifest.get("config_hash") != config.config_hash() or manifest.get("config") != config.to_dict():
-        raise OrganismCacheError(f"organism cache {folder} holds an organism of another config (manifest differs); {fix}")
+    if not isinstance(manifest, dict):
+        raise OrganismCacheError(f"organism manifest {paths.manifest_path} is not a JSON object; {fix}")
+    expected = config.to_dict()
+    stored = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
+    if manifest.get("config_hash") != config.config_hash() or stored != expected:
+        differing = sorted(key for key in set(stored) | set(expected) if stored.get(key) != expected.get(key)) or ["config_hash"]
+        raise OrganismCacheError(
+            f"organism cache {folder} contains an organism of another config ({', '.join(differing)} differ); {fix}"
+        )
     try:
         check_checkpoint_dir(folder)
     except CheckpointError as error:
@@ -240,8 +263,6 @@ def load_organism(
     ``~/.cache/halluc-bench``.
     """
     if cache_dir is None:
-        from halluc_bench.config import default_cache_dir
-
         cache_dir = default_cache_dir()
     path = build_organism(config or default_organism_config(), cache_dir, progress)
     load_options.setdefault("name", "organism")

@@ -80,7 +80,7 @@ def organism_vocabulary(world: World, config: ExampleConfig) -> tuple[str, ...]:
 
 def load_pixels(vlm: VisionLanguageModel, world: World, split: str, image_ids: list[int], progress: bool = False):
     """Return the preprocessed pixels of ``image_ids``, one row per id, in that order."""
-    images = [world.load_image(split, image_id) for image_id in tqdm(image_ids, desc=f"loading {split} images", disable=not progress, leave=False)]
+    images = [world.load_image(split, image_id) for image_id in tqdm(image_ids, desc=f"loading {split} images", disable=None if progress else True, leave=False)]
     return vlm.pixel_values(images)
 
 

@@ -2,7 +2,8 @@
 
 Every step draws one batch of caption examples and yes/no examples. The draw depends only
 on the training seed and the step number (one seeded ``torch.Generator`` per step), so a run
-that resumes from a checkpoint draws the same batches as one that never stopped. A checkpoint (model, optimizer, step and RNG state) is written atomically every
+that resumes from a checkpoint draws the same batches as one that never stopped. A
+checkpoint (model, optimizer, step and RNG state) is written atomically every
 ``checkpoint_every`` steps and at the end.
 """
 
@@ -16,7 +17,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Literal, Sequence
+from typing import Callable, Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -45,15 +46,15 @@ class TrainingConfig:
     labelled token of the batch weighs the same.
     """
 
-    steps: int = 1500
+    steps: int = 800
     batch_size: int = 48
-    learning_rate: float = 2e-3
+    learning_rate: float = 1e-3
     min_learning_rate_ratio: float = 0.05
     warmup_steps: int = 50
     schedule: Schedule = "cosine"
     weight_decay: float = 0.01
     gradient_clip: float = 1.0  # maximum global L2 norm of the gradient; 0 disables clipping
-    caption_only_steps: int = 300
+    caption_only_steps: int = 150
     yes_no_share_start: float = 0.5
     yes_no_share_end: float = 0.5
     loss_weighting: LossWeighting = "example"
@@ -110,7 +111,7 @@ class TrainingConfig:
 
 @dataclass
 class TrainingResult:
-    """What one training run did: steps, wall-clock seconds of this process, and loss history."""
+    """Summary of one training run: steps, time spent in this process, and loss history."""
 
     steps: int
     resumed_from: int  # the step the run started at (0 for a fresh run)
@@ -232,7 +233,7 @@ def train(
     model.train()
     began, began_cpu = time.perf_counter(), time.process_time()
     running, running_count = 0.0, 0
-    with tqdm(total=config.steps, initial=start, desc="training organism", disable=not progress) as bar:
+    with tqdm(total=config.steps, initial=start, desc="training organism", disable=None if progress else True) as bar:
         for step in range(start, config.steps):
             loss = _train_step(model, tokenized, config, optimizer, step)
             running, running_count = running + loss, running_count + 1
