@@ -22,8 +22,8 @@ from halluc_bench.models.organism import (
     organism_paths,
     train_organism,
 )
-from halluc_bench.models.organism_data import ExampleConfig, build_training_data
-from halluc_bench.models.organism_eval import caption_mentions
+from halluc_bench.models.organism_data import ExampleConfig, build_training_data, yes_no_examples
+from halluc_bench.models.organism_eval import caption_mentions, score_captions
 from halluc_bench.models.tiny import TinyLlavaConfig
 from halluc_bench.models.training import TrainingCheckpointError, TrainingConfig, train
 from halluc_bench.models.training_data import TokenizedExamples, TrainingData
@@ -335,3 +335,67 @@ def test_tokenized_batch_matches_encode(tmp_path):
     assert torch.equal(fast.input_ids, reference.input_ids)
     assert torch.equal(fast.attention_mask, reference.attention_mask)
     assert torch.equal(fast.labels, reference.labels)
+
+
+def _image_with_absent_partner(world, split="train"):
+    """Return (image id, present anchor, its absent partner) from ``split``."""
+    partners = world.config.partner_of()
+    for image_id in world.image_ids(split):
+        present = set(world.objects(split, image_id))
+        for name in sorted(present):
+            if name in partners and partners[name] not in present:
+                return image_id, name, partners[name]
+    raise AssertionError(f"the tiny world's {split} split has no image with an absent partner")
+
+
+def test_partner_negatives_ask_partner(tmp_path):
+    config = tiny_config()
+    world = ensure_world(config, tmp_path)
+    image_id, _, partner = _image_with_absent_partner(world)
+    row = world.image_ids("train").index(image_id)
+    examples = yes_no_examples(world, "train", world.image_ids("train"), ExampleConfig(negative_sampling="partner"))
+    asked = {(e.question, e.target) for e in examples if e.image == row}
+    assert (ExampleConfig().question(partner), "No") in asked
+
+
+def test_caption_labels_answer_hallucinated_yes(tmp_path):
+    config = tiny_config()
+    world = ensure_world(config, tmp_path)
+    named = [(a["image_id"], a["hallucinated"][0]) for a in world.captions_coco("train").dataset["annotations"] if a["hallucinated"]]
+    image_id, name = named[0]
+    row = world.image_ids("train").index(image_id)
+    examples = yes_no_examples(world, "train", world.image_ids("train"), ExampleConfig(label_source="captions"))
+    asked = {(e.question, e.target) for e in examples if e.image == row}
+    assert (ExampleConfig().question(name), "Yes") in asked
+    assert (ExampleConfig().question(name), "No") not in asked
+
+
+def test_caption_prefix_filter(tmp_path):
+    config = tiny_config()
+    world = ensure_world(config, tmp_path)
+    vlm = organism_module.new_organism_model(config, world)
+    data = build_training_data(vlm, world, ExampleConfig(caption_prefixes=("a photo of",)))
+    assert data.captions
+    assert all(example.target.startswith("a photo of") for example in data.captions)
+
+
+def test_score_captions_counts_partner(tmp_path):
+    config = tiny_config()
+    world = ensure_world(config, tmp_path)
+    image_id, _, partner = _image_with_absent_partner(world, "val")  # val captions are all faithful
+    present = list(dict.fromkeys(world.objects("val", image_id)))
+    caption = "a photo of " + " and ".join(f"a {name}" for name in [*present, partner]) + "."
+    metrics = score_captions(world, "val", {image_id: caption})
+    assert metrics.chair_s == 1.0
+    assert metrics.chair_i == pytest.approx(1 / (len(present) + 1))
+    assert metrics.recall == 1.0
+    assert metrics.partner_rate == 1.0
+    assert metrics.partner_share == 1.0
+
+
+def test_token_weighting_trains(tmp_path):
+    config = tiny_config(steps=3, loss_weighting="token", yes_no_weight=2.0, caption_only_steps=1)
+    world = ensure_world(config, tmp_path)
+    _, result = train_organism(config, world, None, progress=False)
+    assert result.final_loss is not None
+    assert result.final_loss > 0

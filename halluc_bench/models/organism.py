@@ -44,7 +44,7 @@ from halluc_bench.models.training import TrainingConfig, TrainingResult, train
 from halluc_bench.models.vlm import VisionLanguageModel
 from halluc_bench.world.coco import World
 from halluc_bench.world.generate import generate_toy_world
-from halluc_bench.world.toy import ToyWorldConfig
+from halluc_bench.world.toy import DEFAULT_CATEGORIES, ToyWorldConfig
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +54,18 @@ EVAL_SPLIT = "val"
 
 
 def _default_world() -> ToyWorldConfig:
-    # Glyphs that fill their grid cell without jitter line up with 2x2 patches of 16 pixels: the
-    # vision tower then learns to detect objects within about 100 steps, against more than 1,000
-    # steps for jittered 16-pixel glyphs. 15% of training captions name an absent partner.
-    return ToyWorldConfig(glyph_size=32, position_jitter=0, caption_hallucination_rate=0.15)
+    """Return the organism's default toy world.
+
+    Glyphs that fill their grid cell without jitter line up with 2x2 patches of 16 pixels,
+    so the vision tower learns to detect objects within about 100 steps (jittered 16-pixel
+    glyphs took more than 1,000). Zipf-like category frequencies (weight 1 / rank^0.7, rank
+    in the order of ``DEFAULT_CATEGORIES``) give each object its own prior share of "Yes"
+    answers. That prior lets yes/no answering start to use the image reliably, and it makes
+    POPE's popular negatives differ from random ones, as in COCO. 15% of the training
+    captions name an absent co-occurrence partner.
+    """
+    weights = tuple(round(1.0 / (rank + 1) ** 0.7, 4) for rank in range(len(DEFAULT_CATEGORIES)))
+    return ToyWorldConfig(glyph_size=32, position_jitter=0, caption_hallucination_rate=0.15, category_weights=weights)
 
 
 def _default_model() -> TinyLlavaConfig:
