@@ -294,12 +294,5 @@ class NPOSAM(SharpnessAwareUnlearner):
     name = "npo_sam"
     config_class = NPOSAMConfig
 
-    @property
-    def needs_reference(self) -> bool:
-        return True
-
-    def loss(self, model, forget, retain, reference) -> LossTerms:
-        forget_term = None
-        if forget is not None:
-            forget_term = self.config.forget_weight * npo_forget_loss(model, forget, reference, self.config.beta)
-        return LossTerms(forget_term, self.retain_nll_term(model, retain))
+    needs_reference = NPO.needs_reference
+    loss = NPO.loss  # the NPO objective; only the step differs
