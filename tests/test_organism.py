@@ -399,3 +399,13 @@ def test_token_weighting_trains(tmp_path):
     _, result = train_organism(config, world, None, progress=False)
     assert result.final_loss is not None
     assert result.final_loss > 0
+
+
+def test_damaged_world_cache_rejected(tmp_path):
+    config = tiny_config()
+    world = ensure_world(config, tmp_path)
+    (world.instances_path("val")).write_text("{}")
+    with pytest.raises(OrganismCacheError, match="delete it") as caught:
+        ensure_world(config, tmp_path)
+    assert str(world.root) in str(caught.value)
+    assert "\n" not in str(caught.value)

