@@ -210,3 +210,10 @@ def test_cli_unwritable_output_dir(tiny_setup, tmp_path, capsys):
     assert message.count("\n") == 0
     assert str(blocker / "run") in message
     assert "--output-dir" in message
+
+
+def test_cli_methods_command(capsys):
+    assert main(["--log-level", "WARNING", "methods"]) == 0
+    output = capsys.readouterr().out
+    assert "graddiff" in output
+    assert "sare" in output

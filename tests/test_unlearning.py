@@ -363,7 +363,7 @@ def test_methods_command_prints_table():
     add_methods_command(parser.add_subparsers())
     args = parser.parse_args(["methods"])
     out = io.StringIO()
-    assert args.func(args, stream=out) == 0
+    assert args.handler(args, stream=out) == 0
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("Shared settings: steps=100")
     assert any(line.startswith("simnpo") and "beta=4.5" in line for line in lines)
@@ -375,7 +375,7 @@ def test_methods_command_json():
     add_methods_command(parser.add_subparsers())
     args = parser.parse_args(["methods", "--format", "json"])
     out = io.StringIO()
-    args.func(args, stream=out)
+    args.handler(args, stream=out)
     names = [row["name"] for row in json.loads(out.getvalue())]
     assert names == sorted(UNLEARNERS.names())
 

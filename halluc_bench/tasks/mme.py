@@ -138,7 +138,7 @@ def score_mme(records: Iterable[MmeRecord | Mapping[str, Any]]) -> MmeReport:
         scores[subtask] = _score_subtask(subtask, images[subtask])
     missing = [name for name in MME_SUBTASKS if name not in scores]
     if missing:
-        logger.warning("MME subtasks without questions: %s; the totals leave them out", ", ".join(missing))
+        logger.info("MME subtasks without questions: %s; the totals leave them out", ", ".join(missing))
     return MmeReport(scores, missing)
 
 

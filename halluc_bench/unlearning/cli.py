@@ -12,14 +12,14 @@ from halluc_bench.unlearning.base import UnlearnerConfig, describe_methods
 
 
 def add_methods_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add ``methods`` to an argparse sub-parser set; the parsed namespace's ``func`` runs it."""
+    """Add ``methods`` to an argparse sub-parser set; the parsed namespace's ``handler`` runs it."""
     parser = subparsers.add_parser(
         "methods",
         help="list the registered unlearning methods and their hyperparameter defaults",
         description="List every unlearning method (built-in and plug-in) with its hyperparameter defaults.",
     )
     parser.add_argument("--format", choices=("table", "json"), default="table", help="output format (default: table)")
-    parser.set_defaults(func=run_methods_command)
+    parser.set_defaults(handler=run_methods_command)
     return parser
 
 
