@@ -130,7 +130,8 @@ def _markdown(frame: pd.DataFrame, config: RunConfig, records: dict[str, dict]) 
         f"CHAIR on {config.eval_split} captions; POPE F1 on the {config.eval_split} split. "
         f"\"CHAIR_i relearned\": after {steps} relearning steps on {config.relearn_samples} hallucinated captions "
         f"(learning rate {config.relearn_learning_rate:g}). Resurgence = (relearned - unlearned) / (base - unlearned) "
-        "on CHAIR_i. Hessian trace: Hutchinson estimate on the forget loss, with its standard error.",
+        "on CHAIR_i: 1 means all of the erased hallucination returned, above 1 that relearning pushed CHAIR_i past "
+        "the base model's. Hessian trace: Hutchinson estimate on the forget loss, with its standard error.",
         f"Task versions: {version_text}. Seed {config.seed}.",
         "",
     ]
