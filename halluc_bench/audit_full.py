@@ -113,17 +113,14 @@ def audit_seed(context: AuditContext, validation: EvaluationSet, seed: int) -> N
         attack_model(repeat, method, unlearned, sets)
 
 
-def default_learning_rate(method: str) -> float:
-    """Return the learning rate of ``method``'s default configuration."""
-    from halluc_bench.unlearning.base import make_unlearner
+def grid_rates(center: float, factors: tuple[float, ...]) -> list[float]:
+    """Return a learning-rate grid: the run's unlearning rate ``center`` times each factor.
 
-    return float(make_unlearner(method).config.learning_rate)
-
-
-def grid_rates(method: str, factors: tuple[float, ...]) -> list[float]:
-    """Return the learning-rate grid of ``method``: its default rate times each factor."""
-    default = default_learning_rate(method)
-    return [default * factor for factor in factors]
+    Every method shares one grid centered on ``RunConfig.unlearn_learning_rate``, so all get
+    the same budget. The methods' own default rate, 1e-4, collapses the built-in organism.
+    """
+    # Rounded to 12 significant digits so that 1e-05 * 3 is stored as 3e-05, not 3.0000000000000004e-05.
+    return [float(f"{center * factor:.12g}") for factor in factors]
 
 
 def grid_model_dir(context: AuditContext, method: str, rate: float) -> Path:
@@ -136,7 +133,7 @@ def select_method(
 ) -> Path:
     """Unlearn at every rate of the grid, score each on validation, store the choice and return its checkpoint."""
     settings = context.config.full
-    rates = grid_rates(method, settings.lr_factors)
+    rates = grid_rates(context.config.unlearn_learning_rate, settings.lr_factors)
     pairs = [grid_point(context, validation, method, rate, data, sets) for rate in rates]
     record = cached(context, f"{method}/select", lambda: selection_record(rates, pairs, base_validation, settings))
     chosen = grid_model_dir(context, method, record["learning_rate"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -78,7 +79,8 @@ def add_run_command(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--mine-images", type=int, default=defaults.mine_images,
                         help="training images captioned to mine forget and retain spans (default: %(default)s)")
     parser.add_argument("--unlearn-lr", type=float, default=defaults.unlearn_learning_rate,
-                        help="learning rate of every unlearning method in the standard profile (default: %(default)s)")
+                        help="learning rate of every unlearning method; with --profile full, the center of each method's "
+                             "learning-rate grid (default: %(default)s)")
     parser.add_argument("--relearn-samples", type=int, default=defaults.relearn_samples,
                         help="hallucinated captions the relearning attack fine-tunes on (default: %(default)s)")
     parser.add_argument("--relearn-steps", type=_int_list, default=defaults.relearn_steps,
@@ -119,7 +121,7 @@ def _joined(values: tuple) -> str:
 FULL_PROFILE_OPTIONS = (
     ("--seeds", "seeds", _int_list, "comma-separated seeds; each one repeats mining, learning-rate selection, "
      "unlearning, attacks and probes (default: --seed alone)"),
-    ("--lr-grid", "lr_factors", _float_list, "comma-separated multipliers of each method's default learning rate"),
+    ("--lr-grid", "lr_factors", _float_list, "comma-separated multipliers of --unlearn-lr that form every method's learning-rate grid"),
     ("--selection-split", "selection_split", str, "split whose captions select the learning rate"),
     ("--selection-caption-images", "selection_caption_images", int,
      "validation images captioned per grid point (default: --caption-images)"),
@@ -249,6 +251,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_level = max(logging.WARNING, logging.getLevelName(args.log_level))
     for noisy in ("transformers", "httpx", "urllib3", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(quiet_level)
+    if not sys.stderr.isatty():
+        # Hugging Face's weight-loading bars write cursor-movement codes into redirected logs.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         return args.handler(args)
     except USER_ERRORS as error:

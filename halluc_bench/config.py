@@ -33,7 +33,7 @@ class FullProfileSettings:
     """
 
     seeds: tuple[int, ...] = ()  # repeats of the whole per-seed audit; empty repeats once with RunConfig.seed
-    lr_factors: tuple[float, ...] = (0.3, 1.0, 3.0)  # multipliers of each method's default learning rate
+    lr_factors: tuple[float, ...] = (0.3, 1.0, 3.0)  # multipliers of RunConfig.unlearn_learning_rate, one grid for every method
     selection_split: str = "val"  # split whose captions select the learning rate
     selection_caption_images: int | None = None  # None takes RunConfig.caption_images (or the task's count)
     min_recall_share: float = 0.95  # a rate qualifies when its recall is at least this share of the base model's

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -217,3 +219,16 @@ def test_cli_methods_command(capsys):
     output = capsys.readouterr().out
     assert "graddiff" in output
     assert "sare" in output
+
+
+def test_cli_quiets_hub_bars_in_logs(monkeypatch, capsys):
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)  # a log file, not a terminal
+    assert main(["methods"]) == 0
+    assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
+
+
+def test_cli_keeps_user_bar_setting(monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "0")
+    assert main(["methods"]) == 0
+    assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "0"

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from halluc_bench.audit import run_audit
-from halluc_bench.audit_rules import choose_learning_rate, model_collapse, selection_record, training_reasons
+from halluc_bench.audit_rules import choose_learning_rate, format_rate, model_collapse, selection_record, training_reasons
 from halluc_bench.cli import build_parser, main
 from halluc_bench.config import FullProfileSettings, RunConfig
 from halluc_bench.report.correlation import sharpness_correlations, spearman
@@ -71,8 +71,9 @@ def test_full_records_every_cell(tiny_setup, full_run):
     for model in ("base", *METHODS):
         for probe in probes:
             assert f"seed=0/{model}/probe/{probe}" in records, (model, probe)
+    low, high = (format_rate(config.unlearn_learning_rate * factor) for factor in TINY_FULL.lr_factors)
     for method in METHODS:
-        for name in ("select", "eval", "probe/interpolation", "grid/lr=0.0001/unlearn", "grid/lr=0.0003/validation"):
+        for name in ("select", "eval", "probe/interpolation", f"grid/lr={low}/unlearn", f"grid/lr={high}/validation"):
             assert f"seed=0/{method}/{name}" in records, (method, name)
         for cell in attack_cells(config):
             assert f"seed=0/{method}/{cell.key}" in records, (method, cell.key)
@@ -117,7 +118,7 @@ def test_full_grid_and_checkpoints(full_run):
     for method in METHODS:
         selection = records[f"seed=0/{method}/select"]
         rates = [point["learning_rate"] for point in selection["grid"]]
-        assert rates == pytest.approx([1e-4, 3e-4])
+        assert rates == pytest.approx([1e-5, 3e-5])  # the run rate 1e-5 times the factors 1 and 3
         assert selection["learning_rate"] in rates
         folders = sorted(path.name for path in (full_run / "seed=0" / "models" / method).iterdir())
         assert folders == [f"lr={selection['learning_rate']:.4g}"]
@@ -190,6 +191,14 @@ def test_full_two_seeds_and_sample_grid(tiny_setup, tmp_path):
     stored = json.loads((run / "correlations.json").read_text())
     assert "2 methods x 2 seed(s)" in stored["population"]
     assert max(entry["n"] for entry in stored["entries"]) <= 4
+    summary = pd.read_csv(run / "summary.csv")
+    assert summary["model"].iloc[0] == "base"
+    assert sorted(summary["model"]) == ["base", "ga", "sare"]
+    ga = summary.set_index("model").loc["ga"]
+    assert ga["repeats"] == 2
+    assert ga["chair_i_mean"] == pytest.approx(frame[frame["model"] == "ga"]["CHAIR_i"].mean(), rel=1e-5)
+    assert ga["chair_i_sd"] == pytest.approx(frame[frame["model"] == "ga"]["CHAIR_i"].std(ddof=1), rel=1e-4, abs=1e-9)
+    assert "## Summary over seeds" in (run / "leaderboard.md").read_text()
 
 
 # ----------------------------------------------------------------------------- options and configuration

@@ -81,6 +81,7 @@ def test_mme_real_results_dir(capsys, realfile):
     table = capsys.readouterr().out
     assert "perception: 1508.67 / 2000" in table
     assert "cognition:  355.71 / 800" in table
+    assert "other: answers without" in table
 
 
 def test_mme_json_keys(capsys):
@@ -101,7 +102,9 @@ def _assert_one_error_line(capsys, argv, fragment):
 
 def test_error_missing_answers_file(capsys, tmp_path):
     questions = str(FIXTURES / "pope" / "coco_pope_random.json")
-    _assert_one_error_line(capsys, ["score", "pope", "--questions", questions, "--answers", str(tmp_path / "none.jsonl")], "file not found")
+    missing = str(tmp_path / "none.jsonl")
+    _assert_one_error_line(capsys, ["score", "pope", "--questions", questions, "--answers", missing], f"file not found: {missing}")
+    _assert_one_error_line(capsys, ["score", "pope", "--questions", questions, "--answers", missing], "check the path")
 
 
 def test_error_answers_without_gt_dir(capsys):

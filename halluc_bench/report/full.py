@@ -12,6 +12,7 @@ from halluc_bench.config import RunConfig
 from halluc_bench.report.correlation import sharpness_correlations
 from halluc_bench.report.full_figures import write_full_figures
 from halluc_bench.report.full_rows import BASE, ModelRecords, attack_cells, full_rows, number
+from halluc_bench.report.full_summary import seed_summary, summary_markdown
 from halluc_bench.report.leaderboard import COLUMNS
 from halluc_bench.results.store import RunDirectory, write_json_atomic, write_text_atomic
 
@@ -96,13 +97,15 @@ def write_full_leaderboard(run: RunDirectory, config: RunConfig) -> dict[str, Pa
     correlations = sharpness_correlations(population, description)
     paths = {name: run.root / file for name, file in (
         ("markdown", "leaderboard.md"), ("csv", "leaderboard.csv"), ("attacks", "attacks.csv"),
-        ("correlations", "correlations.json"), ("metrics", "metrics.json"))}
+        ("correlations", "correlations.json"), ("metrics", "metrics.json"), ("summary", "summary.csv"))}
+    summary = seed_summary(rows)
+    write_text_atomic(paths["summary"], pd.DataFrame(summary).to_csv(index=False, float_format="%.6g"))
     write_text_atomic(paths["csv"], frame.to_csv(index=False, float_format="%.6g"))
     write_text_atomic(paths["attacks"], pd.DataFrame(attack_table(records, config)).to_csv(index=False, float_format="%.6g"))
     write_json_atomic(paths["correlations"], {"population": description, "entries": correlations})
-    write_text_atomic(paths["markdown"], full_markdown(frame, columns, config, records, correlations))
-    write_json_atomic(paths["metrics"], {"config": config.to_dict(), "rows": rows, "correlations": correlations,
-                                         "records": records})
+    write_text_atomic(paths["markdown"], full_markdown(frame, columns, config, records, correlations, summary))
+    write_json_atomic(paths["metrics"], {"config": config.to_dict(), "rows": rows, "summary": summary,
+                                         "correlations": correlations, "records": records})
     paths.update(write_full_figures(run.root, rows, records, config))
     return paths
 
@@ -111,20 +114,31 @@ def _table(frame: pd.DataFrame, headers: list[str]) -> str:
     return frame[headers].to_markdown(index=False, floatfmt=".4g")
 
 
-def full_markdown(frame: pd.DataFrame, columns: dict[str, str], config: RunConfig, records: dict, correlations: list[dict]) -> str:
-    """Return the Markdown leaderboard: ranking, attacks, probes, learning-rate grids and the correlations."""
+def full_markdown(
+    frame: pd.DataFrame, columns: dict[str, str], config: RunConfig, records: dict, correlations: list[dict],
+    summary: list[dict],
+) -> str:
+    """Return the Markdown leaderboard: summary over seeds, ranking, attacks, probes, grids and the correlations."""
     keys = ["seed", "model"]
     headers = [columns[key] for key in columns]
     first = headers.index(columns["relearn_auc"])
     probes = headers.index(columns["hallucination_probability"])
     versions = records[f"{BASE}/eval"].get("task_versions", {})
-    lines = [
-        "# Leaderboard (full profile)", "", "## Ranking and utility", "",
+    lines = ["# Leaderboard (full profile)", ""]
+    if len(config.seeds) > 1:
+        lines += [
+            "## Summary over seeds", "", summary_markdown(summary), "",
+            f"Mean ± sample SD over the {len(config.seeds)} repeats (seeds {', '.join(str(s) for s in config.seeds)}) "
+            "of mining, unlearning, attacks and probes on the same base model; non-finite values are left out. "
+            "Methods in order of mean rank. Per-repeat rows follow.", "",
+        ]
+    lines += [
+        "## Ranking and utility", "",
         _table(frame, headers[:first]), "",
         f"CHAIR on {config.eval_split} captions; POPE F1 on the {config.eval_split} split. \"CHAIR_i relearned\": after "
         f"{config.relearn_steps[-1]} relearning steps on {config.relearn_samples} hallucinated captions (learning rate "
         f"{config.relearn_learning_rate:g}). Resurgence = (attacked - unlearned) / (base - unlearned).",
-        f"Learning rate: {selection_rule(config.full)}; grid = default rate x {', '.join(f'{f:g}' for f in config.full.lr_factors)}, "
+        f"Learning rate: {selection_rule(config.full)}; grid = {config.unlearn_learning_rate:g} x {', '.join(f'{f:g}' for f in config.full.lr_factors)}, "
         f"scored on {config.full.selection_split} captions.",
         f"Collapse: {collapse_rule(config.full)}.",
         "Rank: per seed, the non-collapsed methods ordered by CHAIR_i relearned (lowest first), ties broken by "

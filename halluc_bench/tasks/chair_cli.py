@@ -27,7 +27,7 @@ def add_chair_parser(score_subparsers: argparse._SubParsersAction) -> argparse.A
 
     chair = score_subparsers.add_parser(
         "chair",
-        help="score image captions for object hallucination (CHAIR_s, CHAIR_i, recall, len)",
+        help="score image captions for object hallucination (CHAIR_s, CHAIR_i, recall, and len: mean tokens per caption / 100)",
         description=(
             "Score captions with CHAIR: object mentions are matched, through the COCO synonym list, against "
             "each image's annotated objects and the objects of its reference captions."

@@ -26,7 +26,8 @@ def read_text(path: str | os.PathLike[str]) -> str:
     """Read a UTF-8 text file, dropping a byte-order mark and turning CRLF and CR into LF."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"file not found: {path}")
+        where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
+        raise FileNotFoundError(f"file not found: {path}{where}; check the path")
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8-sig")

@@ -179,6 +179,7 @@ def format_mme_table(report: MmeReport) -> str:
     lines.append("")
     lines.append(f"perception: {report.perception:.2f} / 2000")
     lines.append(f"cognition:  {report.cognition:.2f} / 800")
+    lines.append("other: answers without \"yes\" or \"no\" in their first 4 characters; they count as wrong")
     if report.missing_subtasks:
         lines.append(f"subtasks without questions (not in the totals): {', '.join(report.missing_subtasks)}")
     return "\n".join(lines)

@@ -1,0 +1,54 @@
+import math
+
+import pytest
+
+from halluc_bench.report.full_summary import SUMMARY_FIELDS, seed_summary, summary_markdown
+
+
+def make_row(model, seed, rank, chair_i, collapsed=False, **fields):
+    row = {"model": model, "seed": seed, "rank": rank, "collapsed": collapsed, "chair_i": chair_i}
+    row.update(fields)
+    return row
+
+
+def test_summary_mean_and_sd():
+    rows = [make_row("ga", 0, 1, 0.10), make_row("ga", 1, 2, 0.20), make_row("ga", 2, 1, 0.30)]
+    (entry,) = seed_summary(rows)
+    assert entry["chair_i_mean"] == pytest.approx(0.20)
+    assert entry["chair_i_sd"] == pytest.approx(0.10)
+    assert entry["chair_i_n"] == 3
+    assert entry["mean_rank"] == pytest.approx(4 / 3)
+
+
+def test_summary_skips_non_finite():
+    rows = [make_row("ga", 0, 1, 0.1, relearn_auc=math.inf), make_row("ga", 1, 1, 0.1, relearn_auc=0.4),
+            make_row("ga", 2, 1, 0.1, relearn_auc=None)]
+    (entry,) = seed_summary(rows)
+    assert entry["relearn_auc_mean"] == pytest.approx(0.4)
+    assert entry["relearn_auc_n"] == 1
+    assert math.isnan(entry["relearn_auc_sd"])
+
+
+def test_summary_order_base_then_rank():
+    rows = [
+        make_row("base", 0, None, 0.3, collapsed=None), make_row("npo", 0, 2, 0.2), make_row("sare", 0, 1, 0.1),
+        make_row("ga", 0, None, 0.5, collapsed=True),
+    ]
+    assert [entry["model"] for entry in seed_summary(rows)] == ["base", "sare", "npo", "ga"]
+
+
+def test_summary_counts_collapse():
+    rows = [make_row("ga", 0, None, 0.5, collapsed=True), make_row("ga", 1, 1, 0.1)]
+    (entry,) = seed_summary(rows)
+    assert entry["collapsed"] == 1
+    assert entry["repeats"] == 2
+    assert entry["mean_rank"] == 1
+
+
+def test_summary_markdown_cells():
+    rows = [make_row("ga", 0, 1, 0.10), make_row("ga", 1, 1, 0.20)]
+    table = summary_markdown(seed_summary(rows))
+    assert "0.15 ± 0.071" in table
+    assert "0 of 2" in table
+    for header in SUMMARY_FIELDS.values():
+        assert header in table
