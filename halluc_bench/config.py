@@ -39,7 +39,7 @@ class FullProfileSettings:
     min_recall_share: float = 0.95  # a rate qualifies when its recall is at least this share of the base model's
     collapse_recall_share: float = 0.5  # recall below this share of the base model's counts as collapse
     collapse_retain_rise: float = 1.0  # rise of the retain loss (nats), last vs first steps, that counts as collapse
-    relearn_sample_grid: tuple[int, ...] = ()  # extra attacker sample counts k; RunConfig.relearn_samples is always run
+    relearn_sample_grid: tuple[int, ...] = (4, 64)  # extra attacker sample counts k; RunConfig.relearn_samples is always run
     noise_sigmas: tuple[float, ...] = (0.01, 0.02, 0.05)  # noise standard deviation relative to each tensor's RMS
     noise_draws: int = 3
     worst_case_radii: tuple[float, ...] = (0.002, 0.01)  # L2 radius relative to the norm of the perturbed weights
