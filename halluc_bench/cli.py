@@ -13,6 +13,7 @@ from halluc_bench import __version__
 from halluc_bench.config import PROFILES, FullProfileSettings, RunConfig, default_cache_dir
 
 logger = logging.getLogger("halluc_bench")
+FULL_OUTPUT_DIR = Path("runs/full")  # a full run does not collide with the standard run in runs/default
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # Errors that describe bad input; they are printed as one line instead of a traceback.
@@ -58,8 +59,9 @@ def add_run_command(subparsers: argparse._SubParsersAction) -> None:
         "(built on first use and cached).",
     )
 
-    parser.add_argument("--output-dir", type=Path, default=defaults.output_dir,
-                        help="run directory for config, records, checkpoints and leaderboard (default: %(default)s)")
+    parser.add_argument("--output-dir", type=Path, default=None,
+                        help=f"run directory for config, records, checkpoints and leaderboard (default: "
+                             f"{defaults.output_dir} for the standard profile, {FULL_OUTPUT_DIR} for the full one)")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help=f"cache of the toy world and organism (default: $HALLUC_BENCH_CACHE or {default_cache_dir()})")
     parser.add_argument("--checkpoint", type=Path, default=None,
@@ -190,12 +192,11 @@ def _methods(args: argparse.Namespace) -> tuple[str, ...]:
     return args.methods
 
 
-def _handle_run(args: argparse.Namespace) -> int:
-    from halluc_bench.audit import run_audit
-
-    config = RunConfig(
+def run_config(args: argparse.Namespace) -> RunConfig:
+    """Build the run configuration from parsed ``run`` options."""
+    return RunConfig(
         seed=args.seed,
-        output_dir=args.output_dir,
+        output_dir=args.output_dir or (FULL_OUTPUT_DIR if args.profile == "full" else RunConfig.output_dir),
         cache_dir=args.cache_dir or default_cache_dir(),
         checkpoint=args.checkpoint,
         world=args.world,
@@ -220,7 +221,12 @@ def _handle_run(args: argparse.Namespace) -> int:
         full=_full_settings(args),
         resume=not args.no_resume,
     )
-    run_dir = run_audit(config)
+
+
+def _handle_run(args: argparse.Namespace) -> int:
+    from halluc_bench.audit import run_audit
+
+    run_dir = run_audit(run_config(args))
     print((run_dir / "leaderboard.md").read_text(encoding="utf-8"))
     print(f"results: {run_dir}")
     return 0

@@ -55,7 +55,8 @@ def read_records(run: Path) -> dict[str, dict]:
 def test_full_writes_files(full_run):
     for name in ("leaderboard.md", "leaderboard.csv", "attacks.csv", "correlations.json", "metrics.json"):
         assert (full_run / name).is_file(), name
-    for name in ("relearning.png", "resurgence_vs_trace.png", "loss_surfaces.png", "interpolation.png"):
+    for name in ("relearning.png", "resurgence_vs_trace.png", "loss_surfaces.png", "interpolation.png",
+                 "resurgence_vs_samples.png"):
         assert (full_run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     markdown = (full_run / "leaderboard.md").read_text()
     assert markdown.startswith("# Leaderboard (full profile)")
@@ -415,3 +416,13 @@ def test_config_full_copies(tiny_setup, tmp_path):
     assert changed.seeds == (5,)
     repeated = dataclasses.replace(config, full=dataclasses.replace(TINY_FULL, seeds=(0, 1)))
     assert repeated.seeds == (0, 1)
+
+
+def test_cli_output_dir_by_profile(tmp_path):
+    from halluc_bench.cli import run_config
+
+    parser = build_parser()
+    assert run_config(parser.parse_args(["run"])).output_dir == Path("runs/default")
+    assert run_config(parser.parse_args(["run", "--profile", "full"])).output_dir == Path("runs/full")
+    chosen = tmp_path / "mine"
+    assert run_config(parser.parse_args(["run", "--profile", "full", "--output-dir", str(chosen)])).output_dir == chosen

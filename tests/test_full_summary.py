@@ -52,3 +52,19 @@ def test_summary_markdown_cells():
     assert "0 of 2" in table
     for header in SUMMARY_FIELDS.values():
         assert header in table
+
+
+def test_mean_curve_shared_points():
+    from halluc_bench.report.full_figures import _mean_curve
+
+    x, mean, spread = _mean_curve([[(0, 1.0), (5, 2.0), (10, 9.0)], [(0, 3.0), (5, 4.0)]])
+    assert x == [0, 5]
+    assert mean == pytest.approx([2.0, 3.0])
+    assert spread == pytest.approx([math.sqrt(2), math.sqrt(2)])
+
+
+def test_mean_curve_single_and_empty():
+    from halluc_bench.report.full_figures import _mean_curve
+
+    assert _mean_curve([[(1, 0.5)]]) == ([1], [0.5], [0.0])
+    assert _mean_curve([]) == ([], [], [])
