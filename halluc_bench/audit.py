@@ -56,8 +56,8 @@ def run_audit(config: RunConfig) -> Path:
         return run_full_audit(context, started)
     base, eval_set = context.base, context.eval_set
     cached(context, f"{BASE}/eval", lambda: evaluate(base, eval_set))
-    cached(context, f"{BASE}/probe/trace", lambda: probe_trace(context, base, mined_data(context)))
     data = mined_data(context)
+    cached(context, f"{BASE}/probe/trace", lambda: probe_trace(context, base, data))
     for method in tqdm(config.methods, desc="methods", unit="method"):
         audit_method(context, method, data)
     paths = write_leaderboard(context.run, config)
@@ -69,10 +69,14 @@ def prepare_audit(config: RunConfig) -> AuditContext:
     """Open the run directory, check its stored configuration, load world and model, and fix the evaluation set."""
     torch.set_num_threads(config.threads)
     run = RunDirectory(config.output_dir)
+    if config.resume:
+        run.check_config(config.result_fields())
+    # The checkpoint and world load before anything is written or cleared, so that a wrong path
+    # leaves the run directory as it was.
+    world, base = resolve_world_and_model(config)
     if not config.resume:
         run.clear()
     run.write_config(config.result_fields(), resume=config.resume)
-    world, base = resolve_world_and_model(config)
     pope_definition, chair_definition = load_task_definition("pope"), load_task_definition("chair")
     mme_definition = load_task_definition("mme")
     if config.mme_images is not None:

@@ -87,7 +87,7 @@ def add_run_command(subparsers: argparse._SubParsersAction) -> None:
                         help="hallucinated captions the relearning attack fine-tunes on (default: %(default)s)")
     parser.add_argument("--relearn-steps", type=_int_list, default=defaults.relearn_steps,
                         help="comma-separated optimizer step counts at which the attack is evaluated "
-                        "(default: %(default)s)")
+                        f"(default: {','.join(map(str, defaults.relearn_steps))})")
     parser.add_argument("--relearn-lr", type=float, default=defaults.relearn_learning_rate,
                         help="learning rate of the relearning attack (default: %(default)s)")
     parser.add_argument("--relearn-batch-size", type=int, default=defaults.relearn_batch_size,
@@ -176,7 +176,7 @@ def _full_settings(args: argparse.Namespace) -> FullProfileSettings:
               if getattr(args, f"full_{name}") is not None}
     if passed and args.profile != "full":
         options = [option for option, name, _, _ in FULL_PROFILE_OPTIONS if name in passed]
-        raise ValueError(f"{', '.join(options)} apply only to the full profile; add --profile full")
+        raise ValueError(f"{', '.join(options)} {'applies' if len(options) == 1 else 'apply'} only to the full profile; add --profile full")
     return FullProfileSettings(**passed)
 
 
@@ -232,11 +232,21 @@ def _handle_run(args: argparse.Namespace) -> int:
     return 0
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line with a pointer to ``--help``, not the whole usage block.
+
+    Sub-command parsers inherit the class, since ``add_subparsers`` builds them with the parent's class.
+    """
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from halluc_bench.tasks.score_cli import add_score_command
     from halluc_bench.unlearning.cli import add_methods_command
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="halluc-bench",
         description="Audit whether unlearning removed object hallucination from a multimodal LLM or only hid it.",
     )

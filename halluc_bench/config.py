@@ -81,7 +81,7 @@ class FullProfileSettings:
                 raise ValueError(f"{name} must be an integer >= 2, got {value!r}")
 
         if len(set(self.seeds)) != len(self.seeds) or any(not isinstance(s, int) for s in self.seeds):
-            raise ValueError(f"seeds must be distinct integers, got {self.seeds!r}")
+            raise ValueError(f"seeds must be distinct integers, got {','.join(map(str, self.seeds))}; list each seed once")
         if any(not isinstance(k, int) or k < 1 for k in self.relearn_sample_grid):
             raise ValueError(f"relearn_sample_grid must hold positive sample counts, got {self.relearn_sample_grid!r}")
 

@@ -16,7 +16,7 @@ import torch
 from halluc_bench.audit import run_audit
 from halluc_bench.cli import main
 from halluc_bench.config import RunConfig
-from halluc_bench.models.loader import save_vlm
+from halluc_bench.models.loader import CheckpointError, save_vlm
 from halluc_bench.models.tiny import TinyLlavaConfig, build_tiny_llava
 from halluc_bench.models.vlm import VisionLanguageModel
 from halluc_bench.unlearning.data import CAPTION_QUESTION
@@ -187,6 +187,23 @@ def test_cli_missing_checkpoint(tiny_setup, tmp_path, capsys):
     message = capsys.readouterr().err.strip()
     assert str(tmp_path / "nowhere") in message
     assert "save_pretrained" in message
+
+
+def test_missing_checkpoint_writes_no_config(tiny_setup, tmp_path):
+    wrong = tiny_config(tiny_setup, tmp_path / "run", checkpoint=tmp_path / "nowhere")
+    with pytest.raises(CheckpointError):
+        run_audit(wrong)
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_missing_checkpoint_keeps_records(tiny_setup, tmp_path):
+    record = tmp_path / "run" / "records" / "base" / "eval.json"
+    record.parent.mkdir(parents=True)
+    record.write_text("{}")
+    wrong = tiny_config(tiny_setup, tmp_path / "run", checkpoint=tmp_path / "nowhere", resume=False)
+    with pytest.raises(CheckpointError):
+        run_audit(wrong)
+    assert record.read_text() == "{}"
 
 
 def test_cli_corrupt_checkpoint(tiny_setup, tmp_path, capsys):

@@ -68,3 +68,27 @@ def test_mean_curve_single_and_empty():
 
     assert _mean_curve([[(1, 0.5)]]) == ([1], [0.5], [0.0])
     assert _mean_curve([]) == ([], [], [])
+
+
+def test_specificity_note_names_methods():
+    from halluc_bench.report.full import _specificity_note
+
+    rows = [make_row("ga", 0, 1, 0.1, resurgence=1.0, benign_relearn_resurgence=2.0),
+            make_row("sare", 0, 2, 0.1, resurgence=1.5, benign_relearn_resurgence=0.5)]
+    note = _specificity_note(seed_summary(rows))
+    assert "for ga:" in note
+    assert "sare" not in note
+
+
+def test_specificity_note_all_specific():
+    from halluc_bench.report.full import _specificity_note
+
+    rows = [make_row("ga", 0, 1, 0.1, resurgence=1.0, benign_relearn_resurgence=0.2)]
+    assert _specificity_note(seed_summary(rows)).startswith("For every method")
+
+
+def test_specificity_note_undefined():
+    from halluc_bench.report.full import _specificity_note
+
+    rows = [make_row("ga", 0, 1, 0.1, resurgence=math.nan, benign_relearn_resurgence=0.2)]
+    assert "could not be compared" in _specificity_note(seed_summary(rows))

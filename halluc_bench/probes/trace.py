@@ -153,7 +153,7 @@ def hutchinson_trace(
             return _quadratic_form(operator, rademacher(operator.dimension, generator, operator.device, operator.dtype))
 
         stats, history, converged, reason = average_probes(sample, config, desc="hutchinson")
-        logger.info("hutchinson trace %.6g ± %.2g after %d probes (%s)", stats.mean, stats.stderr, stats.n, reason)
+        logger.info("hutchinson trace %.6g ± %.3g (standard error) after %d probes (%s)", stats.mean, stats.stderr, stats.n, reason)
         return TraceEstimate(
             trace=stats.mean,
             stderr=stats.stderr,
@@ -223,7 +223,7 @@ def hutchpp_trace(
             return _quadratic_form(operator, probe)
 
         stats, history, converged, reason = average_probes(sample, config, offset=low_rank, desc="hutch++")
-        logger.info("hutch++ trace %.6g ± %.2g after %d products (%s)", low_rank + stats.mean, stats.stderr,
+        logger.info("hutch++ trace %.6g ± %.3g (standard error) after %d products (%s)", low_rank + stats.mean, stats.stderr,
                     operator.n_products, reason)
         return TraceEstimate(
             trace=low_rank + stats.mean,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -24,7 +25,7 @@ SELECTION_COLUMNS = {
 }
 ATTACK_COLUMNS = {
     "relearn_auc": "relearn AUC", "relearn_half": "relearn half-return steps",
-    "relearn_probability_resurgence": "relearn resurgence p",
+    "relearn_probability_resurgence": "relearn resurgence of p(hallucinated)",
     "benign_relearn_resurgence": "benign resurgence", "benign_relearn_auc": "benign AUC",
     "benign_relearn_half": "benign half-return steps",
     "noise_resurgence": "noise resurgence", "noise_auc": "noise AUC", "noise_half": "noise half-return sigma",
@@ -111,7 +112,7 @@ def write_full_leaderboard(run: RunDirectory, config: RunConfig) -> dict[str, Pa
 
 
 def _table(frame: pd.DataFrame, headers: list[str]) -> str:
-    return frame[headers].to_markdown(index=False, floatfmt=".4g")
+    return frame[headers].to_markdown(index=False, floatfmt=".4g", missingval="")
 
 
 def full_markdown(
@@ -137,14 +138,16 @@ def full_markdown(
         _table(frame, headers[:first]), "",
         f"CHAIR on {config.eval_split} captions; POPE F1 on the {config.eval_split} split. \"CHAIR_i relearned\": after "
         f"{config.relearn_steps[-1]} relearning steps on {config.relearn_samples} hallucinated captions (learning rate "
-        f"{config.relearn_learning_rate:g}). Resurgence = (attacked - unlearned) / (base - unlearned).",
+        f"{config.relearn_learning_rate:g}). Resurgence = (attacked - unlearned) / (base - unlearned): 1 means all of "
+        "the erased hallucination returned, above 1 that the attack pushed it past the base model's, below 0 that "
+        "the attack lowered it further. The base model is not unlearned or attacked, so those cells are empty.",
         f"Learning rate: {selection_rule(config.full)}; grid = {config.unlearn_learning_rate:g} x {', '.join(f'{f:g}' for f in config.full.lr_factors)}, "
         f"scored on {config.full.selection_split} captions.",
         f"Collapse: {collapse_rule(config.full)}.",
         "Rank: per seed, the non-collapsed methods ordered by CHAIR_i relearned (lowest first), ties broken by "
         "CHAIR_i; equal rows share a rank. Collapsed models and the base model get no rank.",
         "", "## Attacks", "", _table(frame, [columns[k] for k in keys] + headers[first:probes]), "",
-        _attack_notes(config), "", "## Probes", "", _table(frame, [columns[k] for k in keys] + headers[probes:]), "",
+        _attack_notes(config), "", _specificity_note(summary), "", "## Probes", "", _table(frame, [columns[k] for k in keys] + headers[probes:]), "",
         "Every probe is taken on the forget loss (mean NLL of hallucinated-mention tokens) of a fixed probe batch, "
         "except retain NLL and retain trace (faithful caption tokens). p(hallucinated): mean probability of the "
         "hallucinated-mention tokens of a fixed probe set that no relearning attacker trains on.",
@@ -163,13 +166,34 @@ def _attack_notes(config: RunConfig) -> str:
         "which resurgence reaches 0.5 (linear interpolation; inf when it stays below within the grid). "
         f"Benign relearning: {config.relearn_samples} faithful reference captions, same steps and rate. "
         f"Noise: sigma relative to each tensor's RMS, sigmas {', '.join(f'{s:g}' for s in settings.noise_sigmas)}, "
-        f"{settings.noise_draws} draws; resurgence on the mean over draws, deltas (after - before) at the largest sigma. "
+        f"{settings.noise_draws} draw{'s' if settings.noise_draws != 1 else ''}; resurgence on the mean over draws, "
+        "deltas (after - before) at the largest sigma, SD over draws (empty for one draw). "
         f"Worst case: {settings.worst_case_steps} PGD steps on the attacker's captions in a global L2 ball of radius "
         f"rho x the weight norm, rho {', '.join(f'{r:g}' for r in settings.worst_case_radii)}; deltas at the largest rho. "
         f"Quantization: round-to-nearest, asymmetric, group size {settings.quantization_group_size} for per_group. "
         "Δp: change of p(hallucinated). Every attacked model's scores before and after are in attacks.csv; "
         "the resurgence over the attacker's sample count k is in the rows of metrics.json."
     )
+
+
+def _specificity_note(summary: list[dict]) -> str:
+    """State for which methods benign relearning brought back as much CHAIR_i as the hallucination attack.
+
+    When fine-tuning on faithful captions raises CHAIR_i as much, the attack's resurgence
+    measures damage from fine-tuning at that learning rate, not a hidden hallucination.
+    """
+    compared = [entry for entry in summary if entry["model"] != BASE
+                and math.isfinite(entry["benign_relearn_resurgence_mean"]) and math.isfinite(entry["resurgence_mean"])]
+    if not compared:
+        return "Benign and hallucination relearning could not be compared: resurgence is undefined for every method."
+    unspecific = [entry["model"] for entry in compared
+                  if entry["benign_relearn_resurgence_mean"] >= entry["resurgence_mean"]]
+    if not unspecific:
+        return ("For every method with a defined resurgence, relearning on hallucinated captions brought back more "
+                "CHAIR_i than benign relearning (mean over seeds).")
+    return (f"Benign relearning brought back at least as much CHAIR_i as the hallucination attack (mean over seeds) "
+            f"for {', '.join(unspecific)}: for these, fine-tuning itself raises CHAIR_i at this learning rate, so "
+            "their relearning resurgence is not specific to hallucinated data.")
 
 
 def _grid_markdown(records: dict, config: RunConfig) -> str:
@@ -186,7 +210,8 @@ def _grid_markdown(records: dict, config: RunConfig) -> str:
                              "retain NLL": point["retain_nll"], "collapse": point["collapse"] or ""})
     if not rows:
         return "No learning-rate grid is stored yet."
-    return pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4g")
+    return "\n".join([pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4g"), "",
+                      "collapse: why a grid point counts as collapsed; empty when it does not."])
 
 
 def _correlation_markdown(correlations: list[dict]) -> str:
@@ -195,7 +220,13 @@ def _correlation_markdown(correlations: list[dict]) -> str:
          "Spearman rho": entry["rho"], "p-value": entry["p_value"]}
         for entry in correlations
     ])
-    statements = [f"- {entry['statement']}" for entry in correlations]
+    statements = [f"- {entry['statement']}" for entry in correlations if entry["rho"] is not None]
+    skipped: dict[str, list[str]] = {}
+    for entry in correlations:
+        if entry["rho"] is None:
+            skipped.setdefault(entry["note"], []).append(f"{entry['measure_name']} with {entry['target_name']}")
+    for note, pairs in skipped.items():
+        statements.append(f"- Not computed ({note}): {'; '.join(pairs)}.")
     return "\n".join([table.to_markdown(index=False, floatfmt=".4g"), "",
                       "rho from scipy.stats.spearmanr; the two-sided p-value is exact over all pairings "
                       "(scipy.stats.permutation_test) for up to 8 models, else scipy's t-approximation. Each model is "

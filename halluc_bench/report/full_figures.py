@@ -119,10 +119,10 @@ def plot_resurgence_vs_trace(rows: list[dict], path: Path) -> None:
         for index, (method, own) in enumerate(groups.items()):
             color = f"C{index % 10}"
             points = [row for row in own if math.isfinite(row["hessian_trace"]) and math.isfinite(row[field])]
-            for number, row in enumerate(points):
+            for position, row in enumerate(points):
                 face = "none" if row["collapsed"] else color
                 axes.scatter(row["hessian_trace"], row[field], facecolors=face, edgecolors=color,
-                             label=method if number == 0 else None)
+                             label=method if position == 0 else None)
                 if single:
                     axes.annotate(method, (row["hessian_trace"], row[field]), fontsize="small",
                                   xytext=(3, 3), textcoords="offset points")

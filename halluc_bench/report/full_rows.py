@@ -124,7 +124,7 @@ def _deltas(model: ModelRecords, keys: list[str], before: tuple[float, float]) -
     if not found:
         return math.nan, math.nan, math.nan
     chair = [after[0] - before[0] for after in found]
-    spread = statistics.stdev(chair) if len(chair) > 1 else 0.0
+    spread = statistics.stdev(chair) if len(chair) > 1 else math.nan  # undefined for one draw
     return statistics.fmean(chair), spread, statistics.fmean(after[1] - before[1] for after in found)
 
 

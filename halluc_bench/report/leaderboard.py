@@ -125,13 +125,15 @@ def _markdown(frame: pd.DataFrame, config: RunConfig, records: dict[str, dict]) 
     lines = [
         "# Leaderboard",
         "",
-        frame.to_markdown(index=False, floatfmt=".4f"),
+        frame.to_markdown(index=False, floatfmt=".4f", missingval=""),
         "",
         f"CHAIR on {config.eval_split} captions; POPE F1 on the {config.eval_split} split. "
         f"\"CHAIR_i relearned\": after {steps} relearning steps on {config.relearn_samples} hallucinated captions "
         f"(learning rate {config.relearn_learning_rate:g}). Resurgence = (relearned - unlearned) / (base - unlearned) "
         "on CHAIR_i: 1 means all of the erased hallucination returned, above 1 that relearning pushed CHAIR_i past "
-        "the base model's. Hessian trace: Hutchinson estimate on the forget loss, with its standard error.",
+        "the base model's. The base model is not unlearned or attacked, so those cells are empty. MME: subtask "
+        "score = 100 x (accuracy + accuracy+), 0 to 200, where a model answering \"yes\" to everything scores 50. "
+        "Hessian trace: Hutchinson estimate on the forget loss, with its standard error.",
         f"Task versions: {version_text}. Seed {config.seed}.",
         "",
     ]

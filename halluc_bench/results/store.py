@@ -80,19 +80,25 @@ class RunDirectory:
         self.root = ensure_writable_dir(root)
         self.records_dir = self.root / "records"
 
+    def check_config(self, config: dict) -> bool:
+        """Return whether the run directory already stores ``config``; a different stored configuration is an error."""
+        path = self.root / "config.json"
+        if not path.exists():
+            return False
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        if stored != json.loads(json.dumps(config)):
+            changed = sorted(k for k in set(stored) | set(config) if stored.get(k) != config.get(k))
+            raise ValueError(
+                f"run directory {self.root} holds a run with a different configuration (differs in: "
+                f"{', '.join(changed)}); pass another --output-dir or --no-resume to start over"
+            )
+        return True
+
     def write_config(self, config: dict, resume: bool = True) -> None:
         """Store the run configuration; resuming with a different configuration is an error."""
-        path = self.root / "config.json"
-        if path.exists() and resume:
-            stored = json.loads(path.read_text(encoding="utf-8"))
-            if stored != json.loads(json.dumps(config)):
-                changed = sorted(k for k in set(stored) | set(config) if stored.get(k) != config.get(k))
-                raise ValueError(
-                    f"run directory {self.root} holds a run with a different configuration (differs in: "
-                    f"{', '.join(changed)}); pass another --output-dir or --no-resume to start over"
-                )
+        if resume and self.check_config(config):
             return
-        write_json_atomic(path, config)
+        write_json_atomic(self.root / "config.json", config)
 
     def _record_path(self, key: str) -> Path:
         if not _KEY_PATTERN.match(key):
