@@ -397,6 +397,7 @@ def test_correlation_from_hand_made_records(tiny_setup, full_run):
     assert entry["rho"] == pytest.approx(expected_rho)
     assert entry["p_value"] == pytest.approx(expected_p)
     assert f"rho = {expected_rho:+.3f}" in entry["statement"]
+    assert entry["rho_by_seed"] == {0: pytest.approx(expected_rho)}
 
 
 def test_full_rows_rank_order(tiny_setup, full_run):

@@ -112,6 +112,25 @@ def sharpness_correlations(rows: list[dict], population: str) -> list[dict]:
                 "n": len(pairs), "rho": rho, "p_value": p_value, "note": note, "population": population,
                 "models": [pair[2] for pair in pairs],
             }
+            entry["rho_by_seed"] = rho_by_seed(rows, measure, target)
             entry["statement"] = correlation_statement(entry)
             entries.append(entry)
     return entries
+
+
+def rho_by_seed(rows: list[dict], measure: str, target: str) -> dict[int, float | None]:
+    """Return seed -> Spearman's rho of ``measure`` against ``target`` over that seed's rows (None when undefined).
+
+    The models of one seed share its mined probe batch. A pooled correlation therefore mixes
+    the differences between seeds with those between methods, and the per-seed rho shows only
+    the latter.
+    """
+    by_seed: dict[int, list[tuple[float, float]]] = {}
+    for row in rows:
+        if _finite(row.get(measure)) and _finite(row.get(target)):
+            by_seed.setdefault(row["seed"], []).append((row[measure], row[target]))
+    rhos: dict[int, float | None] = {}
+    for seed in sorted({row["seed"] for row in rows}):
+        pairs = by_seed.get(seed, [])
+        rhos[seed] = spearman([x for x, _ in pairs], [y for _, y in pairs])[0]
+    return rhos

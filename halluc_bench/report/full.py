@@ -14,7 +14,7 @@ from halluc_bench.report.correlation import sharpness_correlations
 from halluc_bench.report.full_figures import write_full_figures
 from halluc_bench.report.full_rows import BASE, ModelRecords, attack_cells, full_rows, number
 from halluc_bench.report.full_summary import seed_summary, summary_markdown
-from halluc_bench.report.leaderboard import COLUMNS
+from halluc_bench.report.leaderboard import COLUMNS, markdown_table
 from halluc_bench.results.store import RunDirectory, write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def write_full_leaderboard(run: RunDirectory, config: RunConfig) -> dict[str, Pa
 
 
 def _table(frame: pd.DataFrame, headers: list[str]) -> str:
-    return frame[headers].to_markdown(index=False, floatfmt=".4g", missingval="")
+    return markdown_table(frame[headers], ".4g")
 
 
 def full_markdown(
@@ -217,7 +217,8 @@ def _grid_markdown(records: dict, config: RunConfig) -> str:
 def _correlation_markdown(correlations: list[dict]) -> str:
     table = pd.DataFrame([
         {"sharpness measure": entry["measure_name"], "resurgence": entry["target_name"], "n": entry["n"],
-         "Spearman rho": entry["rho"], "p-value": entry["p_value"]}
+         "Spearman rho": entry["rho"], "p-value": entry["p_value"],
+         "rho per seed": ", ".join("-" if rho is None else f"{rho:+.2f}" for rho in entry["rho_by_seed"].values())}
         for entry in correlations
     ])
     statements = [f"- {entry['statement']}" for entry in correlations if entry["rho"] is not None]
@@ -231,4 +232,6 @@ def _correlation_markdown(correlations: list[dict]) -> str:
                       "rho from scipy.stats.spearmanr; the two-sided p-value is exact over all pairings "
                       "(scipy.stats.permutation_test) for up to 8 models, else scipy's t-approximation. Each model is "
                       "one point: a method's chosen model in one repeat. The top eigenvalue is the one of largest "
-                      "magnitude, with its sign.", "", *statements])
+                      "magnitude, with its sign. rho per seed: the same correlation over the models of one seed "
+                      "(in seed order; - where undefined). The models of one seed share its mined probe batch, so "
+                      "the pooled rho also reflects differences between seeds.", "", *statements])

@@ -36,6 +36,12 @@ COLUMNS = {
 }
 
 
+def markdown_table(frame: pd.DataFrame, floatfmt: str) -> str:
+    """Render ``frame`` as a Markdown table in which missing and NaN cells are empty, not "nan"."""
+    cleaned = frame.astype(object).where(frame.notna(), None)
+    return cleaned.to_markdown(index=False, floatfmt=floatfmt, missingval="")
+
+
 def resurgence(base: float, unlearned: float, attacked: float) -> float:
     """Return (attacked - unlearned) / (base - unlearned): the share of the erased hallucination that returned.
 
@@ -125,7 +131,7 @@ def _markdown(frame: pd.DataFrame, config: RunConfig, records: dict[str, dict]) 
     lines = [
         "# Leaderboard",
         "",
-        frame.to_markdown(index=False, floatfmt=".4f", missingval=""),
+        markdown_table(frame, ".4f"),
         "",
         f"CHAIR on {config.eval_split} captions; POPE F1 on the {config.eval_split} split. "
         f"\"CHAIR_i relearned\": after {steps} relearning steps on {config.relearn_samples} hallucinated captions "
