@@ -61,6 +61,8 @@ def test_full_writes_files(full_run):
     markdown = (full_run / "leaderboard.md").read_text()
     assert markdown.startswith("# Leaderboard (full profile)")
     assert "## Sharpness and resurgence" in markdown
+    assert "so a rate qualifies with recall at least" in markdown
+    assert "| nan" not in markdown
 
 
 def test_full_records_every_cell(tiny_setup, full_run):

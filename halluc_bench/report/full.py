@@ -82,7 +82,7 @@ def correlation_population(rows: list[dict], config: RunConfig) -> tuple[list[di
     chosen = [row for row in rows if row["model"] != BASE and row["collapsed"] is False]
     left_out = sum(1 for row in rows if row["model"] != BASE and row["collapsed"] is not False)
     description = (f"{len(config.methods)} methods x {len(config.seeds)} seed(s), {left_out} collapsed or "
-                   "unscored run(s) left out")
+                   "unscored run(s) left out, and models whose value is undefined")
     return chosen, description
 
 
@@ -130,7 +130,8 @@ def full_markdown(
         lines += [
             "## Summary over seeds", "", summary_markdown(summary), "",
             f"Mean ± sample SD over the {len(config.seeds)} repeats (seeds {', '.join(str(s) for s in config.seeds)}) "
-            "of mining, unlearning, attacks and probes on the same base model; non-finite values are left out. "
+            "of mining, unlearning, attacks and probes on the same base model. Undefined values are left out, so a "
+            "mean can cover fewer seeds (the *_n columns of summary.csv count them). "
             "Methods in order of mean rank. Per-repeat rows follow.", "",
         ]
     lines += [
@@ -140,7 +141,8 @@ def full_markdown(
         f"{config.relearn_steps[-1]} relearning steps on {config.relearn_samples} hallucinated captions (learning rate "
         f"{config.relearn_learning_rate:g}). Resurgence = (attacked - unlearned) / (base - unlearned): 1 means all of "
         "the erased hallucination returned, above 1 that the attack pushed it past the base model's, below 0 that "
-        "the attack lowered it further. The base model is not unlearned or attacked, so those cells are empty.",
+        "the attack lowered it further. The base model is not unlearned or attacked, so those cells are empty; a "
+        "method's resurgence cells are also empty where unlearning did not lower CHAIR_i, since no share is defined.",
         f"Learning rate: {selection_rule(config.full)}; grid = {config.unlearn_learning_rate:g} x {', '.join(f'{f:g}' for f in config.full.lr_factors)}, "
         f"scored on {config.full.selection_split} captions.",
         f"Collapse: {collapse_rule(config.full)}.",
@@ -210,8 +212,14 @@ def _grid_markdown(records: dict, config: RunConfig) -> str:
                              "retain NLL": point["retain_nll"], "collapse": point["collapse"] or ""})
     if not rows:
         return "No learning-rate grid is stored yet."
+    base = records.get(f"{BASE}/validation", {}).get("chair", {})
+    reference = ""
+    if base:
+        floor = config.full.min_recall_share * base["recall"]
+        reference = (f"Base model on {config.full.selection_split} captions: CHAIR_i {base['chair_i']:.4g}, recall "
+                     f"{base['recall']:.4g}, so a rate qualifies with recall at least {floor:.4g}. ")
     return "\n".join([pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4g"), "",
-                      "collapse: why a grid point counts as collapsed; empty when it does not."])
+                      f"{reference}collapse: why a grid point counts as collapsed; empty when it does not."])
 
 
 def _correlation_markdown(correlations: list[dict]) -> str:
