@@ -69,14 +69,15 @@ def prepare_audit(config: RunConfig) -> AuditContext:
     """Open the run directory, check its stored configuration, load world and model, and fix the evaluation set."""
     torch.set_num_threads(config.threads)
     run = RunDirectory(config.output_dir)
-    if config.resume:
-        run.check_config(config.result_fields())
+    fields = config.result_fields()
+    stored = config.resume and run.check_config(fields)
     # The checkpoint and world load before anything is written or cleared, so that a wrong path
     # leaves the run directory as it was.
     world, base = resolve_world_and_model(config)
     if not config.resume:
         run.clear()
-    run.write_config(config.result_fields(), resume=config.resume)
+    if not stored:
+        run.write_config(fields)
     pope_definition, chair_definition = load_task_definition("pope"), load_task_definition("chair")
     mme_definition = load_task_definition("mme")
     if config.mme_images is not None:

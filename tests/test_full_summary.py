@@ -97,11 +97,11 @@ def test_specificity_note_undefined():
 def test_rho_by_seed_within_seed():
     from halluc_bench.report.correlation import rho_by_seed
 
-    rows = []
+    points = []
     for seed, offset in ((0, 0.0), (1, 100.0)):
         for rank in range(4):
-            rows.append({"seed": seed, "trace": offset + rank, "resurgence": (offset + rank) * (1 if seed == 0 else -1)})
-    rhos = rho_by_seed(rows, "trace", "resurgence")
+            points.append((seed, offset + rank, (offset + rank) * (1 if seed == 0 else -1)))
+    rhos = rho_by_seed([0, 1], points)
     assert rhos[0] == pytest.approx(1.0)
     assert rhos[1] == pytest.approx(-1.0)
 
@@ -109,5 +109,4 @@ def test_rho_by_seed_within_seed():
 def test_rho_by_seed_undefined():
     from halluc_bench.report.correlation import rho_by_seed
 
-    rows = [{"seed": 0, "trace": 1.0, "resurgence": 2.0}, {"seed": 0, "trace": 2.0, "resurgence": math.nan}]
-    assert rho_by_seed(rows, "trace", "resurgence") == {0: None}
+    assert rho_by_seed([0, 1], [(0, 1.0, 2.0)]) == {0: None, 1: None}

@@ -102,9 +102,10 @@ def sharpness_correlations(rows: list[dict], population: str) -> list[dict]:
     ``population`` describes the rows in the statement, e.g. "3 methods x 1 seed".
     """
     entries = []
+    seeds = sorted({row["seed"] for row in rows})
     for measure, measure_name in SHARPNESS_MEASURES.items():
         for target, target_name in RESURGENCE_TARGETS.items():
-            pairs = [(row[measure], row[target], row["label"]) for row in rows
+            pairs = [(row[measure], row[target], row["label"], row["seed"]) for row in rows
                      if _finite(row.get(measure)) and _finite(row.get(target))]
             rho, p_value, note = spearman([pair[0] for pair in pairs], [pair[1] for pair in pairs])
             entry = {
@@ -112,25 +113,21 @@ def sharpness_correlations(rows: list[dict], population: str) -> list[dict]:
                 "n": len(pairs), "rho": rho, "p_value": p_value, "note": note, "population": population,
                 "models": [pair[2] for pair in pairs],
             }
-            entry["rho_by_seed"] = rho_by_seed(rows, measure, target)
+            entry["rho_by_seed"] = rho_by_seed(seeds, [(pair[3], pair[0], pair[1]) for pair in pairs])
             entry["statement"] = correlation_statement(entry)
             entries.append(entry)
     return entries
 
 
-def rho_by_seed(rows: list[dict], measure: str, target: str) -> dict[int, float | None]:
-    """Return seed -> Spearman's rho of ``measure`` against ``target`` over that seed's rows (None when undefined).
+def rho_by_seed(seeds: list[int], points: list[tuple[int, float, float]]) -> dict[int, float | None]:
+    """Return seed -> Spearman's rho over that seed's (seed, x, y) ``points`` (None when undefined).
 
     The models of one seed share its mined probe batch. A pooled correlation therefore mixes
     the differences between seeds with those between methods, and the per-seed rho shows only
     the latter.
     """
-    by_seed: dict[int, list[tuple[float, float]]] = {}
-    for row in rows:
-        if _finite(row.get(measure)) and _finite(row.get(target)):
-            by_seed.setdefault(row["seed"], []).append((row[measure], row[target]))
     rhos: dict[int, float | None] = {}
-    for seed in sorted({row["seed"] for row in rows}):
-        pairs = by_seed.get(seed, [])
-        rhos[seed] = spearman([x for x, _ in pairs], [y for _, y in pairs])[0]
+    for seed in seeds:
+        own = [(x, y) for point_seed, x, y in points if point_seed == seed]
+        rhos[seed] = spearman([x for x, _ in own], [y for _, y in own])[0]
     return rhos

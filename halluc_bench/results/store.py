@@ -89,15 +89,13 @@ class RunDirectory:
         if stored != json.loads(json.dumps(config)):
             changed = sorted(k for k in set(stored) | set(config) if stored.get(k) != config.get(k))
             raise ValueError(
-                f"run directory {self.root} holds a run with a different configuration (differs in: "
+                f"run directory {self.root} contains a run with a different configuration (differs in: "
                 f"{', '.join(changed)}); pass another --output-dir or --no-resume to start over"
             )
         return True
 
-    def write_config(self, config: dict, resume: bool = True) -> None:
-        """Store the run configuration; resuming with a different configuration is an error."""
-        if resume and self.check_config(config):
-            return
+    def write_config(self, config: dict) -> None:
+        """Store the run configuration, replacing any stored one (call :meth:`check_config` first to resume)."""
         write_json_atomic(self.root / "config.json", config)
 
     def _record_path(self, key: str) -> Path:
